@@ -1,0 +1,19 @@
+"""The command line: ``asyncfetch [OPTIONS] [INPUT ...]``. The only package that imports typer and rich."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the command and exit with its status."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--version"]:
+        # Answered before typer, rich and httpx are imported: a version check costs ~20 ms.
+        from asyncfetch._version import __version__
+
+        sys.stdout.write(f"asyncfetch {__version__}\n")
+        sys.exit(0)
+    from asyncfetch.cli.app import run
+
+    sys.exit(run(args))

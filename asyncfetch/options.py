@@ -1,0 +1,99 @@
+"""The knobs of one fetch run, as one immutable value.
+
+    FetchOptions()                                  # the contract's defaults
+    FetchOptions(concurrency=200, timeout=5)        # 200 in flight, 5 s per attempt
+    FetchOptions(per_host=4, rate=50, ordered=True) # polite, and in input order
+
+Every field is keyword-only; :func:`asyncfetch.fetch` takes the same names as keywords.
+Invalid values raise :class:`ValueError` with a message fit to show a user.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asyncfetch._version import __version__
+
+MAX_CONCURRENCY = 100_000
+DEFAULT_USER_AGENT = f"asyncfetch/{__version__}"
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"100M"``-style text: suffixes K, M and G are powers of 1024."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use a number of bytes, optionally with K, M or G)")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``("Name", "value")`` from ``"Name: value"`` (the form of curl's ``-H``)."""
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise ValueError(f"not a header: {text!r} (expected 'Name: value')")
+    return name, value.strip()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchOptions:
+    """How to fetch: concurrency, politeness, deadlines, retries, what each request carries."""
+
+    concurrency: int = 50
+    per_host: int = 0
+    rate: float | None = None
+    timeout: float = 10.0
+    connect_timeout: float | None = None
+    retries: int = 2
+    max_retry_wait: float = 60.0
+    follow: bool = True
+    max_redirects: int = 10
+    method: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    data: bytes | None = None
+    user_agent: str = DEFAULT_USER_AGENT
+    http2: bool = False
+    proxy: str | None = None
+    insecure: bool = False
+    max_size: int = 100 * 1024**2
+    include_headers: bool = False
+    include_body: bool = False
+    save_dir: Path | None = None
+    dedupe: bool = False
+    ordered: bool = False
+    # Not a user knob: where the engine may hold requests it has read but not started.
+    lookahead: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}")
+        if self.per_host < 0:
+            raise ValueError(f"per-host must be 0 (no limit) or more, not {self.per_host}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"rate must be more than 0 requests per second, not {self.rate}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be more than 0 seconds, not {self.timeout}")
+        if self.connect_timeout is not None and not self.connect_timeout > 0:
+            raise ValueError(f"connect-timeout must be more than 0 seconds, not {self.connect_timeout}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        if self.max_retry_wait < 0:
+            raise ValueError(f"max-retry-wait must be 0 or more seconds, not {self.max_retry_wait}")
+        if self.max_redirects < 0:
+            raise ValueError(f"max-redirects must be 0 or more, not {self.max_redirects}")
+        if self.max_size < 0:
+            raise ValueError(f"max-size must be 0 or more bytes, not {self.max_size}")
+        if self.method is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", self.method):
+            raise ValueError(f"not an HTTP method: {self.method!r}")
+
+    @property
+    def effective_connect_timeout(self) -> float:
+        """The connect deadline: as given, else the smaller of 10 s and the attempt deadline."""
+        if self.connect_timeout is not None:
+            return min(self.connect_timeout, self.timeout)
+        return min(10.0, self.timeout)

@@ -1,0 +1,113 @@
+"""One result per request: the :class:`Record`, and the JSON line the CLI writes for it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncfetch.errors import Failure
+
+
+class _NoId:
+    """Marks a request whose input had no ``id`` key (``None`` is a valid id)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_ID"
+
+
+NO_ID: Any = _NoId()
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """One hop followed: the URL that answered with a redirect, and its status."""
+
+    status: int
+    url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """The outcome of one request, field for field the contract's JSON record."""
+
+    url: str
+    index: int
+    method: str
+    id: Any = NO_ID
+    status: int | None = None
+    final_url: str | None = None
+    redirects: tuple[Redirect, ...] = ()
+    http_version: str | None = None
+    content_type: str | None = None
+    size: int = 0
+    sha256: str | None = None
+    elapsed_ms: float = 0.0
+    attempts: int = 0
+    error: Failure | None = None
+    fetched_at: str = field(default_factory=lambda: iso_utc(time.time()))
+    headers: dict[str, str] | None = None
+    body: str | None = None
+    body_encoding: str | None = None
+    saved_to: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The request completed and its status is below 400."""
+        return self.error is None and self.status is not None and self.status < 400
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the contract's JSON object, keys in the contract's order."""
+        out: dict[str, Any] = {"url": self.url, "index": self.index}
+        if self.id is not NO_ID:
+            out["id"] = self.id
+        out["method"] = self.method
+        out["status"] = self.status
+        out["ok"] = self.ok
+        out["final_url"] = self.final_url
+        out["redirects"] = [{"status": r.status, "url": r.url} for r in self.redirects]
+        out["http_version"] = self.http_version
+        out["content_type"] = self.content_type
+        out["size"] = self.size
+        out["sha256"] = self.sha256
+        out["elapsed_ms"] = self.elapsed_ms
+        out["attempts"] = self.attempts
+        error = self.error
+        out["error"] = None if error is None else {"kind": error.kind.value, "message": error.message}
+        out["fetched_at"] = self.fetched_at
+        if self.headers is not None:
+            out["headers"] = self.headers
+        if self.body is not None:
+            out["body"] = self.body
+            if self.body_encoding is not None:
+                out["body_encoding"] = self.body_encoding
+        if self.saved_to is not None:
+            out["saved_to"] = self.saved_to
+        return out
+
+    def to_line(self) -> bytes:
+        """The bytes the CLI writes for this record: one line of UTF-8 JSON with its newline."""
+        fields = self.to_dict()
+        try:
+            return (_encode(fields) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (an input ``id`` of "\\ud800") has no UTF-8 form:
+            # escape everything rather than write a line jq would reject.
+            return (_encode_ascii(fields) + "\n").encode("ascii")
+
+    def to_json(self) -> str:
+        """The record as one line of JSON, without the newline."""
+        return self.to_line()[:-1].decode("utf-8")
+
+
+def iso_utc(timestamp: float) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-22T01:23:45.123Z``."""
+    seconds = int(timestamp)
+    millis = int((timestamp - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

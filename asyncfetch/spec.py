@@ -1,0 +1,236 @@
+"""The requests stage: one input line (or mapping) in, a :class:`RequestSpec` or an error record out.
+
+A line starting with ``{`` is a JSON request object; anything else is a URL. A URL without
+a scheme gets ``https://``; only http and https are fetched. Nothing here touches the
+network: what cannot be fetched becomes an ``invalid_input`` or ``invalid_url`` record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from asyncfetch.decode import ACCEPT_ENCODING
+from asyncfetch.errors import ErrorKind, Failure
+from asyncfetch.options import FetchOptions
+from asyncfetch.record import NO_ID, Record
+
+_REQUEST_KEYS = frozenset({"url", "method", "headers", "body", "json", "timeout", "id"})
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+_PORT_AFTER_HOST = re.compile(r"^\d+(?:[/?#]|$)")
+_HOST = re.compile(r"^[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """One request to make, parsed and validated: everything a worker needs.
+
+    ``headers`` are the request's headers as sent, ``Host`` and ``Content-Length`` included.
+    """
+
+    index: int
+    url: str
+    target: httpx.URL
+    method: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes | None = None
+    timeout: float | None = None
+    id: Any = NO_ID
+
+
+class InvalidRequest(Exception):
+    """A line that is not a request; carries what its record shows."""
+
+    def __init__(self, kind: ErrorKind, message: str, url: str, method: str, request_id: Any = NO_ID) -> None:
+        super().__init__(message)
+        self.failure = Failure(kind, message)
+        self.url = url
+        self.method = method
+        self.request_id = request_id
+
+
+def with_default_scheme(text: str) -> str:
+    """``https://`` added to a URL that has no scheme (``host:port/path`` counts as none)."""
+    if text.startswith("//"):
+        return "https:" + text
+    match = _SCHEME.match(text)
+    if match is None:
+        return "https://" + text
+    rest = text[match.end() :]
+    if rest.startswith("//"):
+        return text
+    if _PORT_AFTER_HOST.match(rest):
+        return "https://" + text  # "localhost:8080/x" is a host and a port, not a scheme
+    return text  # "mailto:x@y": a scheme we will refuse, named in the error
+
+
+def parse_url(text: str) -> httpx.URL:
+    """A fetchable ``httpx.URL`` from URL text (scheme already defaulted).
+
+    Raises :class:`ValueError` naming the problem when the URL is not http(s) or is malformed.
+    """
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise ValueError(f"malformed URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        shown = url.scheme or text.partition(":")[0]
+        raise ValueError(f"unsupported URL scheme {shown!r}: only http and https are fetched")
+    host = url.raw_host.decode("ascii", "replace")
+    if not host:
+        raise ValueError("URL has no host")
+    if ":" not in host and not _HOST.match(host):
+        raise ValueError(f"invalid host {url.host!r}")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"invalid port {url.port}")
+    return url
+
+
+class SpecBuilder:
+    """Turns input lines and mappings into request specs, under one set of options."""
+
+    def __init__(self, options: FetchOptions) -> None:
+        self._options = options
+        self._plain_method = options.method or ("POST" if options.data is not None else "GET")
+        self._base_headers = _merge_headers(_default_headers(options), options.headers)
+
+    def from_line(self, line: str, index: int) -> RequestSpec:
+        """A spec from one stripped, non-blank, non-comment input line."""
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                raise InvalidRequest(
+                    ErrorKind.INVALID_INPUT, f"not a JSON request object: {exc}", line, self._plain_method
+                ) from None
+            if not isinstance(value, dict):
+                raise InvalidRequest(ErrorKind.INVALID_INPUT, "not a JSON object", line, self._plain_method)
+            return self.from_mapping(value, index, raw=line)
+        url_text = with_default_scheme(line)
+        try:
+            target = parse_url(url_text)
+        except ValueError as exc:
+            raise InvalidRequest(ErrorKind.INVALID_URL, str(exc), url_text, self._plain_method) from None
+        body = self._options.data
+        headers = wire_headers(target, self._plain_method, self._base_headers, body)
+        return RequestSpec(index, url_text, target, self._plain_method, headers, body)
+
+    def from_mapping(self, value: Mapping[str, Any], index: int, *, raw: str | None = None) -> RequestSpec:
+        """A spec from a JSON request object: ``url`` and optional ``method``, ``headers``, ..."""
+        url_value = value.get("url")
+        shown_url = url_value if isinstance(url_value, str) else (raw if raw is not None else json.dumps(value))
+        has_payload = "body" in value or "json" in value
+        method_value = value.get("method")
+        method = method_value.upper() if isinstance(method_value, str) else ("POST" if has_payload else "GET")
+
+        def invalid(message: str, kind: ErrorKind = ErrorKind.INVALID_INPUT) -> InvalidRequest:
+            return InvalidRequest(kind, message, shown_url, method, value["id"] if "id" in value else NO_ID)
+
+        unknown = sorted(set(value) - _REQUEST_KEYS)
+        if unknown:
+            raise invalid(f"unknown key{'s' if len(unknown) > 1 else ''} in request object: {', '.join(unknown)}")
+        if not isinstance(url_value, str) or not url_value.strip():
+            raise invalid("request object needs a 'url' string")
+        if method_value is not None and (not isinstance(method_value, str) or not _TOKEN.match(method_value)):
+            raise invalid(f"'method' must be an HTTP method name, not {method_value!r}")
+        if "body" in value and "json" in value:
+            raise invalid("request object has both 'body' and 'json': give one")
+        body: bytes | None = None
+        extra: list[tuple[str, str]] = []
+        if "body" in value:
+            if not isinstance(value["body"], str):
+                raise invalid("'body' must be a string (use 'json' for a JSON value)")
+            body = value["body"].encode("utf-8")
+        elif "json" in value:
+            body = json.dumps(value["json"], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            extra.append(("Content-Type", "application/json"))
+        timeout = value.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise invalid(f"'timeout' must be a number of seconds above 0, not {timeout!r}")
+        headers_value = value.get("headers", {})
+        if not isinstance(headers_value, dict):
+            raise invalid("'headers' must be an object of names to values")
+        for name, header_value in headers_value.items():
+            if isinstance(header_value, bool) or not isinstance(header_value, str | int | float):
+                raise invalid(f"header {name!r} must have a string value")
+            extra.append((name, str(header_value)))
+        try:
+            headers = _merge_headers(self._base_headers, extra)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        url_text = with_default_scheme(url_value.strip())
+        shown_url = url_text
+        try:
+            target = parse_url(url_text)
+        except ValueError as exc:
+            raise invalid(str(exc), ErrorKind.INVALID_URL) from None
+        return RequestSpec(
+            index,
+            url_text,
+            target,
+            method,
+            wire_headers(target, method, headers, body),
+            body,
+            float(timeout) if timeout is not None else None,
+            value["id"] if "id" in value else NO_ID,
+        )
+
+    @staticmethod
+    def invalid_record(error: InvalidRequest, index: int) -> Record:
+        """The record of a line that is not a request."""
+        return Record(url=error.url, index=index, method=error.method, id=error.request_id, error=error.failure)
+
+
+def wire_headers(
+    url: httpx.URL, method: str, headers: tuple[tuple[bytes, bytes], ...], body: bytes | None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """``headers`` completed with what HTTP/1.1 needs: ``Host`` (unless given) and ``Content-Length``.
+
+    Built once per request here, so that sending it is cheap (``httpx.Request(stream=...)``
+    takes headers as they are).
+    """
+    given = {name.lower() for name, _ in headers}
+    host = () if b"host" in given else ((b"Host", url.netloc),)
+    framing: tuple[tuple[bytes, bytes], ...] = ()
+    if b"content-length" not in given and b"transfer-encoding" not in given:
+        if body:
+            framing = ((b"Content-Length", str(len(body)).encode("ascii")),)
+        elif method in ("POST", "PUT", "PATCH"):
+            framing = ((b"Content-Length", b"0"),)
+    return host + headers + framing
+
+
+def _default_headers(options: FetchOptions) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"User-Agent", options.user_agent.encode("latin-1", "replace")),
+        (b"Accept", b"*/*"),
+        (b"Accept-Encoding", ACCEPT_ENCODING),
+    )
+
+
+def _merge_headers(
+    base: tuple[tuple[bytes, bytes], ...], extra: tuple[tuple[str, str], ...] | list[tuple[str, str]]
+) -> tuple[tuple[bytes, bytes], ...]:
+    """``base`` with ``extra`` laid over it: a name in ``extra`` replaces it, an empty value removes it."""
+    if not extra:
+        return base
+    merged: dict[bytes, tuple[bytes, bytes]] = {name.lower(): (name, value) for name, value in base}
+    for name, value in extra:
+        if not _TOKEN.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} has a line break or NUL in its value")
+        key = name.lower().encode("ascii")
+        if value == "":
+            merged.pop(key, None)
+        else:
+            merged[key] = (name.encode("ascii"), value.encode("utf-8"))
+    return tuple(merged.values())

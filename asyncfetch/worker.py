@@ -1,0 +1,296 @@
+"""The workers stage: one attempt at a request, redirects followed, body streamed, record made.
+
+An attempt is the whole redirect chain under one hard deadline (``timeout``): connect,
+request, every hop, every body byte. The body is never held unless ``--body`` asks for it:
+it is content-decoded in bounded steps, hashed, counted against ``max_size`` and, with
+``--save``, written to a temporary file that only becomes the saved file when complete.
+:func:`retry_delay` then decides whether the outcome deserves another attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from asyncfetch.decode import Decoder
+from asyncfetch.errors import ErrorKind, FetchError, classify
+from asyncfetch.options import FetchOptions
+from asyncfetch.record import Record, Redirect, iso_utc
+from asyncfetch.save import BodySaver
+from asyncfetch.spec import RequestSpec, wire_headers
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+# Errors raised before any byte of the request left this machine: safe to retry any method.
+_NOT_SENT = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS})
+# A redirect's own body is read (to keep the connection) only up to this much.
+_DRAIN_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one attempt has learnt so far: the record's fields if it fails midway."""
+
+    url: httpx.URL
+    status: int | None = None
+    http_version: str | None = None
+    content_type: str | None = None
+    size: int = 0
+    sha256: str | None = None
+    headers: dict[str, str] | None = None
+    body: str | None = None
+    body_encoding: str | None = None
+    saved_to: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's record, and what the response said about trying again."""
+
+    record: Record
+    retry_after: float | None
+    not_sent: bool
+
+
+class Worker:
+    """Performs attempts for the engine's worker tasks; one instance serves them all."""
+
+    def __init__(self, options: FetchOptions, transport: httpx.AsyncBaseTransport, saver: BodySaver | None) -> None:
+        self._options = options
+        self._transport = transport
+        self._saver = saver
+
+    async def attempt(self, spec: RequestSpec, attempts: int) -> Outcome:
+        """Make attempt number ``attempts`` at ``spec``; failures are returned, never raised."""
+        deadline = spec.timeout or self._options.timeout
+        started = time.time()
+        clock = time.perf_counter()
+        progress = _Progress(spec.target)
+        redirects: list[Redirect] = []
+        failure = None
+        not_sent = False
+        try:
+            async with asyncio.timeout(deadline):
+                await self._exchange(spec, progress, redirects)
+        except Exception as exc:  # noqa: BLE001  (classify re-raises what is not a request failure)
+            error = classify(exc, deadline=deadline)
+            failure = error.failure
+            not_sent = error.kind in _NOT_SENT or isinstance(exc, httpx.ConnectTimeout)
+            progress.sha256 = None
+            progress.saved_to = None
+        record = Record(
+            url=spec.url,
+            index=spec.index,
+            id=spec.id,
+            method=spec.method,
+            status=progress.status,
+            final_url=str(progress.url) if progress.status is not None else None,
+            redirects=tuple(redirects),
+            http_version=progress.http_version,
+            content_type=progress.content_type,
+            size=progress.size,
+            sha256=progress.sha256,
+            elapsed_ms=round((time.perf_counter() - clock) * 1000, 3),
+            attempts=attempts,
+            error=failure,
+            fetched_at=iso_utc(started),
+            headers=progress.headers,
+            body=progress.body,
+            body_encoding=progress.body_encoding,
+            saved_to=progress.saved_to,
+        )
+        return Outcome(record, progress.retry_after, not_sent)
+
+    async def _exchange(self, spec: RequestSpec, progress: _Progress, redirects: list[Redirect]) -> None:
+        options = self._options
+        method, url, headers, body = spec.method, spec.target, spec.headers, spec.body
+        while True:
+            progress.status = None  # until this hop answers: a failed hop has no status of its own
+            request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(body or b""))
+            request.read()  # a ByteStream: makes ``request.content`` available to every transport
+            response = await self._transport.handle_async_request(request)
+            try:
+                status = response.status_code
+                progress.url = url
+                progress.status = status
+                progress.http_version = response.http_version
+                fields = _ResponseFields(response.headers)
+                progress.content_type = fields.content_type
+                progress.retry_after = _retry_after(fields.retry_after) if status in (429, 503) else None
+                if options.include_headers:
+                    progress.headers = _header_dict(response.headers)
+                location = fields.location if status in _REDIRECTS else None
+                if location is None or not options.follow:
+                    await self._read_body(spec, response, fields.content_encoding, progress)
+                    return
+                if len(redirects) >= options.max_redirects:
+                    raise FetchError(
+                        ErrorKind.TOO_MANY_REDIRECTS, f"more than {options.max_redirects} redirects (next: {location})"
+                    )
+                redirects.append(Redirect(status, str(url)))
+                next_url = _redirect_target(url, location)
+                await _drain(response)
+            finally:
+                await response.aclose()
+            dropped = {b"host"}
+            if status == 303 and method != "HEAD" or status in (301, 302) and method == "POST":
+                method, body = "GET", None
+                dropped |= {b"content-type", b"content-length"}
+            if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):
+                # Credentials meant for one host are not handed to another (curl does the same).
+                dropped |= {b"authorization", b"cookie"}
+            kept = tuple((k, v) for k, v in headers if k.lower() not in dropped)
+            headers = wire_headers(next_url, method, kept, body)
+            url = next_url
+
+    async def _read_body(
+        self, spec: RequestSpec, response: httpx.Response, content_encoding: str | None, progress: _Progress
+    ) -> None:
+        options = self._options
+        limit = options.max_size
+        decoder = Decoder(content_encoding)
+        hasher = hashlib.sha256()
+        kept: list[bytes] | None = [] if options.include_body else None
+        saving = self._saver.start(progress.url, spec.index) if self._saver is not None else None
+        size = 0
+        try:
+            async for raw in _raw_stream(response):
+                for data in (raw,) if decoder.identity else decoder.decode(raw):
+                    size += len(data)
+                    progress.size = size
+                    if size > limit:
+                        raise FetchError(ErrorKind.TOO_LARGE, f"body larger than --max-size ({limit} bytes)")
+                    hasher.update(data)
+                    if kept is not None:
+                        kept.append(data)
+                    if saving is not None:
+                        saving.write(data)
+            for data in decoder.flush():
+                size += len(data)
+                progress.size = size
+                if size > limit:
+                    raise FetchError(ErrorKind.TOO_LARGE, f"body larger than --max-size ({limit} bytes)")
+                hasher.update(data)
+                if kept is not None:
+                    kept.append(data)
+                if saving is not None:
+                    saving.write(data)
+        except BaseException:
+            if saving is not None:
+                saving.discard()
+            raise
+        progress.sha256 = hasher.hexdigest()
+        if saving is not None:
+            progress.saved_to = saving.commit()
+        if kept is not None:
+            progress.body, progress.body_encoding = _body_text(b"".join(kept), response)
+
+
+def retry_delay(outcome: Outcome, attempts: int, options: FetchOptions) -> float | None:
+    """Seconds to wait before the next attempt, or None when this outcome is final."""
+    if attempts > options.retries:
+        return None
+    record = outcome.record
+    error = record.error
+    if error is not None:
+        if error.kind not in (ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.READ, ErrorKind.PROTOCOL):
+            return None
+    elif record.status not in _RETRY_STATUSES:
+        return None
+    # A request that may have reached the server goes again only if doing so is harmless.
+    if record.method not in _IDEMPOTENT and not outcome.not_sent:
+        return None
+    if outcome.retry_after is not None:
+        return min(outcome.retry_after, options.max_retry_wait)
+    ceiling = min(options.max_retry_wait, 0.5 * 2 ** (attempts - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311  (jitter, not cryptography)
+
+
+class _ResponseFields:
+    """The few response headers the worker needs, found in one pass (no repeated lookups)."""
+
+    __slots__ = ("content_encoding", "content_type", "location", "retry_after")
+
+    def __init__(self, headers: httpx.Headers) -> None:
+        self.content_type: str | None = None
+        self.content_encoding: str | None = None
+        self.location: str | None = None
+        self.retry_after: str | None = None
+        for name, value in headers.multi_items():
+            if name == "content-type":
+                self.content_type = value
+            elif name == "content-encoding":
+                self.content_encoding = f"{self.content_encoding}, {value}" if self.content_encoding else value
+            elif name == "location":
+                self.location = value
+            elif name == "retry-after":
+                self.retry_after = value
+
+
+def _raw_stream(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The response body as sent (not content-decoded); bypasses httpx's per-chunk bookkeeping."""
+    stream = response.stream
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise TypeError("the transport returned a response without an async body stream")
+    return stream.__aiter__()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from a ``Retry-After`` of seconds or an HTTP date."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
+    try:
+        target = url.join(location.strip())
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise FetchError(ErrorKind.INVALID_URL, f"redirect to a malformed URL {location!r}: {exc}") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise FetchError(ErrorKind.INVALID_URL, f"redirect to an unfetchable URL {location!r}")
+    return target
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a redirect's small body so its connection can be reused; give up on a big one."""
+    read = 0
+    async for chunk in _raw_stream(response):
+        read += len(chunk)
+        if read > _DRAIN_LIMIT:
+            break
+
+
+def _header_dict(headers: httpx.Headers) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.multi_items():
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def _body_text(body: bytes, response: httpx.Response) -> tuple[str, str | None]:
+    """The body as text when it is text in its declared charset (or UTF-8), else base64."""
+    charset = response.charset_encoding or "utf-8"
+    if b"\0" not in body:
+        try:
+            return body.decode(charset), None
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return base64.b64encode(body).decode("ascii"), "base64"
