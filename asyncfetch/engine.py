@@ -16,6 +16,7 @@ bounded: a slow consumer slows the workers down instead of growing memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
@@ -128,10 +129,8 @@ class FetchRun:
         finally:
             if not runner.done():
                 runner.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await runner
-                except asyncio.CancelledError:
-                    pass
 
 
 class _Engine:
@@ -183,7 +182,9 @@ class _Engine:
             waiter.set_result(None)
 
     # -- the run -------------------------------------------------------------------------------
-    async def run(self, requests: Iterable[RequestItem] | AsyncIterable[RequestItem], stop: asyncio.Event | None) -> None:
+    async def run(
+        self, requests: Iterable[RequestItem] | AsyncIterable[RequestItem], stop: asyncio.Event | None
+    ) -> None:
         # The stop watcher lives beside the task group, not in it: the group ends when the
         # work does, and the watcher with it.
         watcher = asyncio.create_task(self._watch(stop)) if stop is not None else None

@@ -8,6 +8,7 @@ the records themselves), so a file of millions of records resumes in flat memory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,10 +69,8 @@ def scan_output(path: str) -> DoneSet:
 def _note(done: DoneSet, line: bytes) -> None:
     match = _HEAD.match(line)
     if match is not None:
-        try:
+        with contextlib.suppress(ValueError):
             done.add(int(match.group(2)), json.loads(match.group(1)))
-        except ValueError:
-            pass
         return
     try:
         value = json.loads(line)

@@ -130,7 +130,7 @@ class SpecBuilder:
         method = method_value.upper() if isinstance(method_value, str) else ("POST" if has_payload else "GET")
 
         def invalid(message: str, kind: ErrorKind = ErrorKind.INVALID_INPUT) -> InvalidRequest:
-            return InvalidRequest(kind, message, shown_url, method, value["id"] if "id" in value else NO_ID)
+            return InvalidRequest(kind, message, shown_url, method, value.get("id", NO_ID))
 
         unknown = sorted(set(value) - _REQUEST_KEYS)
         if unknown:
@@ -180,7 +180,7 @@ class SpecBuilder:
             wire_headers(target, method, headers, body),
             body,
             float(timeout) if timeout is not None else None,
-            value["id"] if "id" in value else NO_ID,
+            value.get("id", NO_ID),
         )
 
     @staticmethod

@@ -74,7 +74,9 @@ class Resolver:
         self._pending[key] = future
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = list(dict.fromkeys((family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos))
+            addresses: list[tuple[int, str]] = list(
+                dict.fromkeys((int(family), str(sockaddr[0])) for family, _, _, _, sockaddr in infos)
+            )
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else must

@@ -24,7 +24,7 @@ from asyncfetch.decode import Decoder
 from asyncfetch.errors import ErrorKind, FetchError, classify
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record, Redirect, iso_utc
-from asyncfetch.save import BodySaver
+from asyncfetch.save import BodyFile, BodySaver
 from asyncfetch.spec import RequestSpec, wire_headers
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -143,7 +143,7 @@ class Worker:
             finally:
                 await response.aclose()
             dropped = {b"host"}
-            if status == 303 and method != "HEAD" or status in (301, 302) and method == "POST":
+            if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
                 dropped |= {b"content-type", b"content-length"}
             if (next_url.scheme, next_url.host, next_url.port) != (url.scheme, url.host, url.port):
@@ -156,44 +156,51 @@ class Worker:
     async def _read_body(
         self, spec: RequestSpec, response: httpx.Response, content_encoding: str | None, progress: _Progress
     ) -> None:
-        options = self._options
-        limit = options.max_size
         decoder = Decoder(content_encoding)
-        hasher = hashlib.sha256()
-        kept: list[bytes] | None = [] if options.include_body else None
         saving = self._saver.start(progress.url, spec.index) if self._saver is not None else None
-        size = 0
+        body = _Body(progress, self._options.max_size, keep=self._options.include_body, saving=saving)
         try:
             async for raw in _raw_stream(response):
-                for data in (raw,) if decoder.identity else decoder.decode(raw):
-                    size += len(data)
-                    progress.size = size
-                    if size > limit:
-                        raise FetchError(ErrorKind.TOO_LARGE, f"body larger than --max-size ({limit} bytes)")
-                    hasher.update(data)
-                    if kept is not None:
-                        kept.append(data)
-                    if saving is not None:
-                        saving.write(data)
+                if decoder.identity:
+                    body.take(raw)
+                else:
+                    for data in decoder.decode(raw):
+                        body.take(data)
             for data in decoder.flush():
-                size += len(data)
-                progress.size = size
-                if size > limit:
-                    raise FetchError(ErrorKind.TOO_LARGE, f"body larger than --max-size ({limit} bytes)")
-                hasher.update(data)
-                if kept is not None:
-                    kept.append(data)
-                if saving is not None:
-                    saving.write(data)
+                body.take(data)
         except BaseException:
             if saving is not None:
                 saving.discard()
             raise
-        progress.sha256 = hasher.hexdigest()
+        progress.sha256 = body.hasher.hexdigest()
         if saving is not None:
             progress.saved_to = saving.commit()
-        if kept is not None:
-            progress.body, progress.body_encoding = _body_text(b"".join(kept), response)
+        if body.kept is not None:
+            progress.body, progress.body_encoding = _body_text(b"".join(body.kept), response)
+
+
+class _Body:
+    """Where the decoded body goes, piece by piece: counted, hashed, kept or saved."""
+
+    __slots__ = ("hasher", "kept", "limit", "progress", "saving")
+
+    def __init__(self, progress: _Progress, limit: int, *, keep: bool, saving: BodyFile | None) -> None:
+        self.progress = progress
+        self.limit = limit
+        self.hasher = hashlib.sha256()
+        self.kept: list[bytes] | None = [] if keep else None
+        self.saving = saving
+
+    def take(self, data: bytes) -> None:
+        progress = self.progress
+        progress.size += len(data)
+        if progress.size > self.limit:
+            raise FetchError(ErrorKind.TOO_LARGE, f"body larger than --max-size ({self.limit} bytes)")
+        self.hasher.update(data)
+        if self.kept is not None:
+            self.kept.append(data)
+        if self.saving is not None:
+            self.saving.write(data)
 
 
 def retry_delay(outcome: Outcome, attempts: int, options: FetchOptions) -> float | None:

@@ -52,7 +52,7 @@ def _show_version(value: bool) -> None:
     ),
     no_args_is_help=False,
 )
-def command(  # noqa: PLR0913  (one parameter per option of the contract)
+def command(
     inputs: Annotated[list[str] | None, typer.Argument(metavar="[INPUT]...", show_default=False)] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", envvar=_env("CONCURRENCY"), help="Requests in flight at once.")
@@ -87,7 +87,9 @@ def command(  # noqa: PLR0913  (one parameter per option of the contract)
     ] = 10,
     method: Annotated[
         str | None,
-        typer.Option("--method", "-X", envvar=_env("METHOD"), help="Method for URL lines [default: GET, POST with -d]."),
+        typer.Option(
+            "--method", "-X", envvar=_env("METHOD"), help="Method for URL lines [default: GET, POST with -d]."
+        ),
     ] = None,
     header: Annotated[
         list[str] | None,
@@ -109,12 +111,15 @@ def command(  # noqa: PLR0913  (one parameter per option of the contract)
         bool, typer.Option("--insecure", "-k", envvar=_env("INSECURE"), help="Do not verify TLS certificates.")
     ] = False,
     max_size: Annotated[
-        str, typer.Option("--max-size", envvar=_env("MAX_SIZE"), help="Largest body (after decoding): K, M, G suffixes.")
+        str,
+        typer.Option("--max-size", envvar=_env("MAX_SIZE"), help="Largest body (after decoding): K, M, G suffixes."),
     ] = "100M",
     headers: Annotated[
         bool, typer.Option("--headers", envvar=_env("HEADERS"), help="Add the response headers to each record.")
     ] = False,
-    body: Annotated[bool, typer.Option("--body", envvar=_env("BODY"), help="Add the response body to each record.")] = False,
+    body: Annotated[
+        bool, typer.Option("--body", envvar=_env("BODY"), help="Add the response body to each record.")
+    ] = False,
     save: Annotated[
         Path | None, typer.Option("--save", envvar=_env("SAVE"), help="Write each complete body to a file in DIR.")
     ] = None,
@@ -124,8 +129,12 @@ def command(  # noqa: PLR0913  (one parameter per option of the contract)
     resume: Annotated[
         bool, typer.Option("--resume", envvar=_env("RESUME"), help="With -o: skip requests FILE already records.")
     ] = False,
-    dedupe: Annotated[bool, typer.Option("--dedupe", envvar=_env("DEDUPE"), help="Fetch each distinct URL once.")] = False,
-    ordered: Annotated[bool, typer.Option("--ordered", envvar=_env("ORDERED"), help="Write records in input order.")] = False,
+    dedupe: Annotated[
+        bool, typer.Option("--dedupe", envvar=_env("DEDUPE"), help="Fetch each distinct URL once.")
+    ] = False,
+    ordered: Annotated[
+        bool, typer.Option("--ordered", envvar=_env("ORDERED"), help="Write records in input order.")
+    ] = False,
     fail: Annotated[
         bool, typer.Option("--fail", envvar=_env("FAIL"), help="Exit 1 when a status is 400 or more, too.")
     ] = False,
@@ -141,15 +150,16 @@ def command(  # noqa: PLR0913  (one parameter per option of the contract)
             "--summary/--no-summary", envvar=_env("SUMMARY"), help="Closing summary [default: on a terminal]."
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar=_env("QUIET"), help="Neither progress nor summary.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", envvar=_env("QUIET"), help="Neither progress nor summary.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> int:
     paths = list(inputs or [])
-    if not paths or STDIN in paths:
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("no INPUT given and standard input is a terminal")
+    if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("no INPUT given and standard input is a terminal")
     if resume and output is None:
         raise UsageError("--resume needs --output FILE")
     if not 1 <= concurrency <= MAX_CONCURRENCY:

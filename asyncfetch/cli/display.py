@@ -17,6 +17,8 @@ from rich.text import Text
 
 from asyncfetch.stats import RunStats
 
+_OUTCOMES = "[green]{task.fields[ok]:,} ok[/] [yellow]{task.fields[http]:,} ≥400[/] [red]{task.fields[errors]:,} err[/]"
+
 
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
@@ -45,7 +47,7 @@ class ProgressDisplay:
             BarColumn(),
             _CountColumn(),
             _RateColumn(),
-            TextColumn("[green]{task.fields[ok]:,} ok[/] [yellow]{task.fields[http]:,} ≥400[/] [red]{task.fields[errors]:,} err[/]"),
+            TextColumn(_OUTCOMES),
             TimeRemainingColumn(),
             console=self._console,
             redirect_stdout=False,

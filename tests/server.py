@@ -1,0 +1,283 @@
+"""A real HTTP/1.1 server on 127.0.0.1 for the tests: misbehaves on request, counts what it sees.
+
+It runs its own event loop in a daemon thread, so the same server answers in-process async
+tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in brackets):
+
+    /ok                         200 "ok\\n"
+    /status/CODE [retry_after]  that status; Retry-After when given
+    /sleep/MS                   answers after MS milliseconds
+    /bytes/N                    N bytes of a fixed pattern (Content-Length)
+    /chunked/N                  N bytes in chunked transfer coding
+    /no-length/N                N bytes, no Content-Length: ends when the server closes
+    /drip/N [interval]          headers at once, then one byte every interval s (default 1)
+    /stall-headers              accepts the request, never answers
+    /gzip/N                     N zero bytes, gzip-coded (N large: a compression bomb)
+    /deflate/N                  N zero bytes, deflate-coded (zlib-wrapped)
+    /redirect/N [status]        N redirects (302 by default) before a 200
+    /redirect-to [url, status]  one redirect to url
+    /reset                      reads the request, then resets the connection (RST)
+    /close                      reads the request, then closes without a word
+    /garbage                    answers with bytes that are not HTTP
+    /echo                       JSON: method, path, headers (lower-case), body
+    /flaky/KEY [fail, status, retry_after]
+                                the first `fail` requests for KEY answer `status` (503)
+    /text [charset]             a UTF-8 or latin-1 text body with that charset
+    /binary                     bytes that are not text
+    /headers                    a response with repeated and odd headers
+
+Every request is recorded: path, method, headers, start time (``time.monotonic()``), and the
+highest number in flight at once (``max_in_flight``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    started: float
+
+
+@dataclass
+class Stats:
+    requests: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    connections: int = 0
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def paths(self) -> list[str]:
+        return [seen.path for seen in self.requests]
+
+
+class _Abort(Exception):
+    """Stop serving this connection (after a reset or a close)."""
+
+
+class TestServer:
+    """An HTTP/1.1 server on 127.0.0.1, on an ephemeral port unless one is given."""
+
+    __test__ = False  # not a test class, despite the name
+
+    def __init__(self, *, ssl_context: object = None) -> None:
+        self._ssl = ssl_context
+        self._lock = threading.Lock()
+        self.stats = Stats()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="test-http-server", daemon=True)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> TestServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("test server did not start")
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.run_until_complete(asyncio.sleep(0))  # let cancelled handlers finish
+        self._loop.close()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def start() -> None:
+            self._server = await asyncio.start_server(
+                self._connection, "127.0.0.1", 0, ssl=self._ssl, backlog=4096, limit=1 << 20
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+
+        self._loop.run_until_complete(start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    @property
+    def base(self) -> str:
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.stats = Stats()
+
+    def hits(self, prefix: str) -> int:
+        with self._lock:
+            return sum(1 for seen in self.stats.requests if seen.path.startswith(prefix))
+
+    # -- serving ---------------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.stats.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                seen = Seen(method, target, headers, body, time.monotonic())
+                with self._lock:
+                    self.stats.requests.append(seen)
+                    self.stats.in_flight += 1
+                    self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+                try:
+                    keep = await self._respond(seen, writer)
+                finally:
+                    with self._lock:
+                        self.stats.in_flight -= 1
+                if not keep or headers.get("connection", "").lower() == "close":
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, _Abort, asyncio.LimitOverrunError):
+            pass
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        finally:
+            if not writer.transport.is_closing():
+                writer.close()
+
+    async def _respond(self, seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        parts = urlsplit(seen.path)
+        path = parts.path
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        segments = path.strip("/").split("/")
+        route = segments[0]
+        arg = segments[1] if len(segments) > 1 else ""
+
+        def send(status: int, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
+            out = [f"HTTP/1.1 {status} X"]
+            names = {name.lower() for name, _ in headers or []}
+            for name, value in headers or []:
+                out.append(f"{name}: {value}")
+            if "content-length" not in names and "transfer-encoding" not in names:
+                out.append(f"Content-Length: {len(body)}")
+            writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + body)
+
+        if route == "ok":
+            send(200, b"ok\n", [("Content-Type", "text/plain")])
+        elif route == "status":
+            extra = [("Retry-After", query["retry_after"])] if "retry_after" in query else []
+            send(int(arg), f"status {arg}\n".encode(), extra)
+        elif route == "sleep":
+            await asyncio.sleep(int(arg) / 1000)
+            send(200, b"slept\n")
+        elif route == "bytes":
+            send(200, _pattern(int(arg)), [("Content-Type", "application/octet-stream")])
+        elif route == "chunked":
+            data = _pattern(int(arg))
+            chunks = b"".join(
+                f"{len(data[i : i + 1000]):x}\r\n".encode() + data[i : i + 1000] + b"\r\n"
+                for i in range(0, len(data), 1000)
+            )
+            send(200, chunks + b"0\r\n\r\n", [("Transfer-Encoding", "chunked")])
+        elif route == "no-length":
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + _pattern(int(arg)))
+            await writer.drain()
+            return False
+        elif route == "drip":
+            interval = float(query.get("interval", "1"))
+            total = int(arg)
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+            for _ in range(total):
+                await writer.drain()
+                await asyncio.sleep(interval)
+                writer.write(b"x")
+            await writer.drain()
+        elif route == "stall-headers":
+            await asyncio.sleep(3600)
+        elif route in ("gzip", "deflate"):
+            raw = bytes(int(arg))
+            coded = gzip.compress(raw, 9) if route == "gzip" else zlib.compress(raw, 9)
+            send(200, coded, [("Content-Encoding", route), ("Content-Type", "application/octet-stream")])
+        elif route == "redirect":
+            left = int(arg)
+            if left <= 0:
+                send(200, b"arrived\n")
+            else:
+                status = int(query.get("status", "302"))
+                suffix = f"?status={status}" if "status" in query else ""
+                send(status, b"", [("Location", f"/redirect/{left - 1}{suffix}")])
+        elif route == "redirect-to":
+            send(int(query.get("status", "302")), b"", [("Location", query["url"])])
+        elif route == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            raise _Abort()
+        elif route == "close":
+            writer.close()
+            raise _Abort()
+        elif route == "garbage":
+            writer.write(b"THIS IS NOT HTTP AT ALL\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            raise _Abort()
+        elif route == "echo":
+            payload = {
+                "method": seen.method,
+                "path": seen.path,
+                "headers": seen.headers,
+                "body": seen.body.decode("utf-8", "replace"),
+            }
+            send(200, json.dumps(payload).encode(), [("Content-Type", "application/json")])
+        elif route == "flaky":
+            with self._lock:
+                self.stats.counters[arg] += 1
+                count = self.stats.counters[arg]
+            if count <= int(query.get("fail", "1")):
+                extra = [("Retry-After", query["retry_after"])] if "retry_after" in query else []
+                send(int(query.get("status", "503")), b"try again\n", extra)
+            else:
+                send(200, b"recovered\n")
+        elif route == "text":
+            charset = query.get("charset", "utf-8")
+            send(200, "héllo wörld\n".encode(charset), [("Content-Type", f"text/plain; charset={charset}")])
+        elif route == "binary":
+            send(200, b"\x00\xff\xfe\x01binary", [("Content-Type", "application/octet-stream")])
+        elif route == "headers":
+            send(200, b"h\n", [("X-Twice", "one"), ("X-Twice", "two"), ("X-Latin", "caf\xe9")])
+        else:
+            send(404, b"no such route\n")
+        await writer.drain()
+        return True
+
+
+def _pattern(size: int) -> bytes:
+    block = bytes(range(256))
+    return (block * (size // 256 + 1))[:size]
