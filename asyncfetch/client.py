@@ -13,7 +13,7 @@ import urllib.request
 import httpx
 
 from asyncfetch.options import FetchOptions
-from asyncfetch.transport import ConnectionPool
+from asyncfetch.transport import ConnectionPool, tls_context
 
 
 class Client(httpx.AsyncBaseTransport):
@@ -24,7 +24,7 @@ class Client(httpx.AsyncBaseTransport):
         self._pool = ConnectionPool(
             connect_timeout=options.effective_connect_timeout,
             verify=not options.insecure,
-            max_idle=max(options.concurrency, 16),
+            max_connections=max(options.concurrency, 16),
         )
         self._environment_proxies = {} if options.proxy else urllib.request.getproxies_environment()
         self._simple = not (options.http2 or options.proxy or self._environment_proxies)
@@ -42,8 +42,9 @@ class Client(httpx.AsyncBaseTransport):
             return await self._pool.handle_async_request(request)
         transport = self._routed.get(proxy)
         if transport is None:
+            alpn = ["h2", "http/1.1"] if self._options.http2 else ["http/1.1"]
             transport = self._routed[proxy] = httpx.AsyncHTTPTransport(
-                verify=not self._options.insecure,
+                verify=tls_context(verify=not self._options.insecure, alpn=alpn),
                 http2=self._options.http2,
                 proxy=proxy,
                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=self._options.concurrency),

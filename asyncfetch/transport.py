@@ -48,13 +48,19 @@ def origin_of(url: httpx.URL) -> Origin:
 
 
 class Resolver:
-    """getaddrinfo with a small time-bounded cache and one lookup in flight per host."""
+    """getaddrinfo with a small time-bounded cache and one lookup in flight per host.
 
-    def __init__(self, *, ttl: float = 60.0, max_entries: int = 10_000) -> None:
+    A lookup runs in a task of its own: a request whose deadline passes stops waiting for it
+    without cancelling it for the others. Failures are remembered briefly too, so a list with
+    thousands of URLs on a dead domain asks the resolver once, not thousands of times.
+    """
+
+    def __init__(self, *, ttl: float = 60.0, failure_ttl: float = 10.0, max_entries: int = 10_000) -> None:
         self._ttl = ttl
+        self._failure_ttl = failure_ttl
         self._max_entries = max_entries
-        self._cache: OrderedDict[tuple[str, int], tuple[float, list[tuple[int, str]]]] = OrderedDict()
-        self._pending: dict[tuple[str, int], asyncio.Future[list[tuple[int, str]]]] = {}
+        self._cache: OrderedDict[tuple[str, int], tuple[float, list[tuple[int, str]] | socket.gaierror]] = OrderedDict()
+        self._pending: dict[tuple[str, int], asyncio.Task[list[tuple[int, str]]]] = {}
 
     async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
         """``[(family, address), ...]`` for ``host``; raises ``socket.gaierror``."""
@@ -62,33 +68,41 @@ class Resolver:
         if literal is not None:
             return [literal]
         key = (host, port)
-        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[tuple[int, str]]] = loop.create_future()
-        self._pending[key] = future
+        if hit is not None and hit[0] > time.monotonic():
+            answer = hit[1]
+            if isinstance(answer, socket.gaierror):
+                raise socket.gaierror(answer.errno, answer.strerror)
+            return answer
+        lookup = self._pending.get(key)
+        if lookup is None:
+            lookup = self._pending[key] = asyncio.ensure_future(self._lookup(key))
+            lookup.add_done_callback(_consume_outcome)
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, key: tuple[str, int]) -> list[tuple[int, str]]:
         try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses: list[tuple[int, str]] = list(
-                dict.fromkeys((int(family), str(sockaddr[0])) for family, _, _, _, sockaddr in infos)
-            )
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
+            infos = await asyncio.get_running_loop().getaddrinfo(*key, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            self._remember(key, self._failure_ttl, exc)
             raise
         finally:
             del self._pending[key]
-        future.set_result(addresses)
-        self._cache[key] = (now + self._ttl, addresses)
+        addresses = list(dict.fromkeys((int(family), str(sockaddr[0])) for family, _, _, _, sockaddr in infos))
+        self._remember(key, self._ttl, addresses)
+        return addresses
+
+    def _remember(self, key: tuple[str, int], ttl: float, answer: list[tuple[int, str]] | socket.gaierror) -> None:
+        self._cache[key] = (time.monotonic() + ttl, answer)
         self._cache.move_to_end(key)
         if len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
-        return addresses
+
+
+def _consume_outcome(task: asyncio.Task[list[tuple[int, str]]]) -> None:
+    # Every waiter may have given up (deadlines): mark the exception as seen all the same.
+    if not task.cancelled():
+        task.exception()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -298,13 +312,13 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         *,
         connect_timeout: float = 10.0,
         verify: bool = True,
-        max_idle: int = 100,
+        max_connections: int = 100,
         keepalive_expiry: float = 5.0,
         resolver: Resolver | None = None,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._verify = verify
-        self._max_idle = max_idle
+        self._max_connections = max_connections
         self._keepalive_expiry = keepalive_expiry
         self._resolver = resolver or Resolver()
         self._ssl_context: ssl.SSLContext | None = None
@@ -365,37 +379,48 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         if not stack:
             return None
         expired_before = time.monotonic() - self._keepalive_expiry
+        found = None
         while stack:
             connection = stack.pop()
             self._idle_order.pop(connection, None)
             if not connection.closed and connection.idle_since > expired_before:
                 connection.reused = True
-                return connection
+                found = connection
+                break
             connection.close()
-        return None
+        if not stack:
+            del self._idle[origin]  # millions of hosts must not leave millions of empty stacks
+        return found
 
     def release(self, connection: _Connection) -> None:
         """Take a connection back after its response: keep it for reuse, or close it."""
         self._active.discard(connection)
-        if not connection.reusable or self._max_idle == 0:
+        if not connection.reusable or self._max_connections == 0:
             connection.close()
             return
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.origin, deque()).append(connection)
         self._idle_order[connection] = None
-        while len(self._idle_order) > self._max_idle:
-            oldest, _ = self._idle_order.popitem(last=False)
-            stack = self._idle[oldest.origin]
-            stack.remove(oldest)
-            if not stack:
-                del self._idle[oldest.origin]
-            oldest.close()
+        while len(self._idle_order) + len(self._active) > self._max_connections:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        oldest, _ = self._idle_order.popitem(last=False)
+        stack = self._idle[oldest.origin]
+        stack.remove(oldest)
+        if not stack:
+            del self._idle[oldest.origin]
+        oldest.close()
 
     def _discard(self, connection: _Connection) -> None:
         self._active.discard(connection)
         connection.close()
 
     async def _open(self, origin: Origin) -> _Connection:
+        # Room first: idle connections (to other hosts) give way, oldest first, so that open
+        # connections stay within max_connections (file descriptors!) whenever they can.
+        while self._idle_order and len(self._idle_order) + len(self._active) >= self._max_connections:
+            self._evict_oldest()
         loop = asyncio.get_running_loop()
         context = self._tls_context() if origin.scheme == "https" else None
         try:
@@ -433,10 +458,15 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl_context is None:
-            context = httpx.create_ssl_context(verify=self._verify)
-            context.set_alpn_protocols(["http/1.1"])
-            self._ssl_context = context
+            self._ssl_context = tls_context(verify=self._verify, alpn=["http/1.1"])
         return self._ssl_context
+
+
+def tls_context(*, verify: bool, alpn: list[str]) -> ssl.SSLContext:
+    """A client TLS context: certifi's roots (or ``SSL_CERT_FILE``/``SSL_CERT_DIR``), or none with -k."""
+    context = httpx.create_ssl_context(verify=verify)
+    context.set_alpn_protocols(alpn)
+    return context
 
 
 def _delimited_by_close(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -53,7 +53,10 @@ def _show_version(value: bool) -> None:
     no_args_is_help=False,
 )
 def command(
-    inputs: Annotated[list[str] | None, typer.Argument(metavar="[INPUT]...", show_default=False)] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="INPUT", show_default=False, help="Request files; - is standard input."),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", envvar=_env("CONCURRENCY"), help="Requests in flight at once.")
     ] = 50,
@@ -70,7 +73,9 @@ def command(
     connect_timeout: Annotated[
         float | None,
         typer.Option(
-            "--connect-timeout", envvar=_env("CONNECT_TIMEOUT"), help="Deadline to connect (s) [default: min(10, -t)]."
+            "--connect-timeout",
+            envvar=_env("CONNECT_TIMEOUT"),
+            help="Deadline to connect (s); default: the smaller of 10 and -t.",
         ),
     ] = None,
     retries: Annotated[
@@ -88,7 +93,7 @@ def command(
     method: Annotated[
         str | None,
         typer.Option(
-            "--method", "-X", envvar=_env("METHOD"), help="Method for URL lines [default: GET, POST with -d]."
+            "--method", "-X", envvar=_env("METHOD"), help="Method for URL lines; default: GET, or POST with -d."
         ),
     ] = None,
     header: Annotated[
@@ -105,7 +110,8 @@ def command(
         bool, typer.Option("--http2", envvar=_env("HTTP2"), help="Negotiate HTTP/2 where the server offers it.")
     ] = False,
     proxy: Annotated[
-        str | None, typer.Option("--proxy", envvar=_env("PROXY"), help="Proxy for every request [default: *_PROXY].")
+        str | None,
+        typer.Option("--proxy", envvar=_env("PROXY"), help="Proxy for every request; default: the *_PROXY variables."),
     ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", "-k", envvar=_env("INSECURE"), help="Do not verify TLS certificates.")
@@ -141,13 +147,17 @@ def command(
     progress: Annotated[
         bool | None,
         typer.Option(
-            "--progress/--no-progress", envvar=_env("PROGRESS"), help="Live progress bar [default: on a terminal]."
+            "--progress/--no-progress",
+            envvar=_env("PROGRESS"),
+            help="Live progress bar on stderr; default: on when stderr is a terminal.",
         ),
     ] = None,
     summary: Annotated[
         bool | None,
         typer.Option(
-            "--summary/--no-summary", envvar=_env("SUMMARY"), help="Closing summary [default: on a terminal]."
+            "--summary/--no-summary",
+            envvar=_env("SUMMARY"),
+            help="Closing summary on stderr; default: on when stderr is a terminal.",
         ),
     ] = None,
     quiet: Annotated[

@@ -9,9 +9,12 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
@@ -23,6 +26,7 @@ from asyncfetch.stats import RunStats
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
 _FD_RESERVE = 64
 _REFRESH_SECONDS = 0.25
+_RESOLVER_THREADS = 32
 
 
 class ExitStatus(IntEnum):
@@ -77,7 +81,10 @@ def execute(plan: Plan) -> int:
             os.close(out_fd)
 
 
-def _run_loop(main: object) -> int:
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    # Name lookups run in threads (libuv's pool under uvloop, the default executor otherwise):
+    # the default 4 to 6 of them would make DNS the bottleneck of a list across many hosts.
+    os.environ.setdefault("UV_THREADPOOL_SIZE", str(_RESOLVER_THREADS))
     try:
         import uvloop
     except ImportError:  # uvloop is optional (no Windows build): asyncio's loop works too
@@ -85,7 +92,8 @@ def _run_loop(main: object) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(main)  # type: ignore[arg-type]
+        runner.get_loop().set_default_executor(ThreadPoolExecutor(_RESOLVER_THREADS, "asyncfetch-io"))
+        return runner.run(main)
 
 
 async def _run(plan: Plan, out_fd: int, done: DoneSet | None) -> int:
