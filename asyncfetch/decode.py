@@ -29,9 +29,11 @@ class BoundedDecoder:
         # because servers disagree about what "deflate" means.
         self._inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
         self._first = True
+        self._fed = False
 
     def decode(self, data: bytes) -> Iterator[bytes]:
         """The decoded bytes of ``data``, in pieces of at most ``step`` bytes."""
+        self._fed = self._fed or bool(data)
         try:
             while data:
                 try:
@@ -54,7 +56,7 @@ class BoundedDecoder:
             raise httpx.DecodingError(f"cannot decode {self._coding} body: {exc}") from None
 
     def flush(self) -> Iterator[bytes]:
-        """Whatever the decoder still holds at the end of the body."""
+        """Whatever the decoder still holds at the end of the body; an unfinished stream is an error."""
         try:
             while True:
                 out = self._inflater.decompress(b"", self._step) if not self._inflater.eof else b""
@@ -63,6 +65,9 @@ class BoundedDecoder:
                 yield out
         except zlib.error as exc:
             raise httpx.DecodingError(f"cannot decode {self._coding} body: {exc}") from None
+        if self._fed and not self._inflater.eof:
+            # The server stopped before the end of the compressed stream: a truncated body.
+            raise httpx.DecodingError(f"{self._coding} body ends before its compressed stream does")
 
 
 class Decoder:

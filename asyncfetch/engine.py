@@ -95,7 +95,9 @@ class FetchRun:
     def __aiter__(self) -> AsyncGenerator[Record, None]:
         if self._records is not None:
             raise RuntimeError("a fetch can be iterated only once")
-        self._records = self._run()
+        # A generator of its own, not a method's: it must not keep this object alive (a cycle
+        # would let an abandoned `break` keep the engine running until the next GC pass).
+        self._records = _records(self._engine, self._requests, self._stop)
         return self._records
 
     async def aclose(self) -> None:
@@ -109,28 +111,35 @@ class FetchRun:
     async def __aexit__(self, *_: object) -> None:
         await self.aclose()
 
-    async def _run(self) -> AsyncGenerator[Record, None]:
-        # The engine runs in a task of its own: the consumer's loop body never runs inside
-        # the engine's task group, and closing this generator cancels it cleanly.
-        engine = self._engine
-        runner = asyncio.create_task(engine.run(self._requests, self._stop))
-        try:
-            output = engine.output
-            while True:
-                while output:
-                    yield output.popleft()
-                    engine.consumed()
-                if runner.done():
-                    break
-                await engine.wait_for_output()
+
+async def _records(
+    engine: _Engine,
+    requests: Iterable[RequestItem] | AsyncIterable[RequestItem],
+    stop: asyncio.Event | None,
+) -> AsyncGenerator[Record, None]:
+    """Runs the engine in a task of its own and yields its records.
+
+    The consumer's loop body never runs inside the engine's task group, and closing this
+    generator (``break``, ``aclose()``) cancels the engine cleanly.
+    """
+    runner = asyncio.create_task(engine.run(requests, stop))
+    try:
+        output = engine.output
+        while True:
             while output:
                 yield output.popleft()
-            runner.result()  # a bug inside the engine surfaces here, not silently
-        finally:
-            if not runner.done():
-                runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await runner
+                engine.consumed()
+            if runner.done():
+                break
+            await engine.wait_for_output()
+        while output:
+            yield output.popleft()
+        runner.result()  # a bug inside the engine surfaces here, not silently
+    finally:
+        if not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
 
 
 class _Engine:
@@ -204,6 +213,8 @@ class _Engine:
                 self._flush_reorder(everything=True)
             if self._own_transport:
                 await self._transport.aclose()
+            if self._saver is not None:
+                self._saver.close()
             self._wake_consumer()
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
@@ -251,7 +262,9 @@ class _Engine:
                     else:
                         self._resolve(i, builder.invalid_record(invalid, i))
                     continue
-                if (skip is not None and skip(i, spec.url)) or (seen is not None and not seen.add(spec.url)):
+                # Every URL enters the seen set, even one --resume skips: its later duplicates are duplicates.
+                duplicate = seen is not None and not seen.add(spec.url)
+                if duplicate or (skip is not None and skip(i, spec.url)):
                     self.skipped += 1
                     self._resolve(i, None)
                     continue

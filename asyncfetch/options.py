@@ -10,6 +10,7 @@ Invalid values raise :class:`ValueError` with a message fit to show a user.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,9 @@ class FetchOptions:
             raise ValueError(f"per-host must be 0 (no limit) or more, not {self.per_host}")
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"rate must be more than 0 requests per second, not {self.rate}")
-        if not self.timeout > 0:
+        if not 0 < self.timeout < math.inf:
             raise ValueError(f"timeout must be more than 0 seconds, not {self.timeout}")
-        if self.connect_timeout is not None and not self.connect_timeout > 0:
+        if self.connect_timeout is not None and not 0 < self.connect_timeout < math.inf:
             raise ValueError(f"connect-timeout must be more than 0 seconds, not {self.connect_timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")

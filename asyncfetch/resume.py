@@ -29,9 +29,11 @@ class DoneSet:
         self.count = 0
 
     def add(self, index: int, url: str) -> None:
+        if index < 0:
+            return  # not a record of ours
         digests = self._digests
         if index >= len(digests):
-            digests.extend(bytes(8 * max(index + 1 - len(digests), len(digests) // 2 + 1024)))
+            digests.frombytes(bytes(8 * max(index + 1 - len(digests), len(digests) // 2 + 1024)))
         if not digests[index]:
             self.count += 1
         digests[index] = url_digest(url)
@@ -57,7 +59,7 @@ def scan_output(path: str) -> DoneSet:
     except FileNotFoundError:
         return done
     try:
-        _cut_torn_tail(fd)
+        _cut_fd_tail(fd)
         with os.fdopen(os.dup(fd), "rb") as file:
             for line in file:
                 _note(done, line)
@@ -80,7 +82,16 @@ def _note(done: DoneSet, line: bytes) -> None:
         done.add(value["index"], value["url"])
 
 
-def _cut_torn_tail(fd: int) -> None:
+def cut_torn_tail(path: str) -> None:
+    """Truncate ``path`` just after its last newline: a killed writer's partial line goes."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        _cut_fd_tail(fd)
+    finally:
+        os.close(fd)
+
+
+def _cut_fd_tail(fd: int) -> None:
     """Truncate the file just after its last newline (a killed writer's partial line goes)."""
     size = os.fstat(fd).st_size
     position = size

@@ -130,6 +130,11 @@ class Scheduler:
                 self._make_ready(host)
                 if self._interval:
                     await self._pace()
+                    if self._stopped or host.paused_until > self._clock():
+                        # Paused (or stopped) while this one waited for its rate slot: it waits too.
+                        host.active -= 1
+                        self._requeue(job)
+                        continue
                 job.attempts += 1
                 return job
             if self._closed and self._held == 0:
@@ -151,7 +156,7 @@ class Scheduler:
         until = self._clock() + seconds
         if seconds > 0 and until > host.paused_until:
             host.paused_until = until
-            self._later(seconds, self._unpause, host)
+            self._later(seconds, self._unpause, host, until)
 
     def retry(self, job: Job, delay: float) -> None:
         """Start the request again after ``delay`` seconds, at the front of its host's queue."""
@@ -177,7 +182,11 @@ class Scheduler:
         job.host.deferred -= 1
         self._requeue(job)
 
-    def _unpause(self, host: _Host) -> None:
+    def _unpause(self, host: _Host, until: float) -> None:
+        # The timer is the authority: loop timers may fire a hair before the clock says `until`
+        # (uvloop counts whole milliseconds), and a host left paused would never be served again.
+        if host.paused_until <= until:
+            host.paused_until = 0.0
         self._make_ready(host)
         self._forget_if_idle(host)
 

@@ -8,6 +8,7 @@ network: what cannot be fetched becomes an ``invalid_input`` or ``invalid_url`` 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,14 +98,14 @@ class SpecBuilder:
 
     def __init__(self, options: FetchOptions) -> None:
         self._options = options
-        self._plain_method = options.method or ("POST" if options.data is not None else "GET")
+        self._plain_method = (options.method or ("POST" if options.data is not None else "GET")).upper()
         self._base_headers = _merge_headers(_default_headers(options), options.headers)
 
     def from_line(self, line: str, index: int) -> RequestSpec:
         """A spec from one stripped, non-blank, non-comment input line."""
         if line.startswith("{"):
             try:
-                value = json.loads(line)
+                value = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
             except ValueError as exc:
                 raise InvalidRequest(
                     ErrorKind.INVALID_INPUT, f"not a JSON request object: {exc}", line, self._plain_method
@@ -124,17 +125,22 @@ class SpecBuilder:
     def from_mapping(self, value: Mapping[str, Any], index: int, *, raw: str | None = None) -> RequestSpec:
         """A spec from a JSON request object: ``url`` and optional ``method``, ``headers``, ..."""
         url_value = value.get("url")
-        shown_url = url_value if isinstance(url_value, str) else (raw if raw is not None else json.dumps(value))
+        shown_url = url_value if isinstance(url_value, str) else (raw if raw is not None else repr(dict(value)))
+        # An id with NaN or infinity in it cannot be echoed as JSON: the record shows null instead.
+        request_id = value.get("id", NO_ID)
+        finite_id = request_id is NO_ID or _is_finite(request_id)
         has_payload = "body" in value or "json" in value
         method_value = value.get("method")
         method = method_value.upper() if isinstance(method_value, str) else ("POST" if has_payload else "GET")
 
         def invalid(message: str, kind: ErrorKind = ErrorKind.INVALID_INPUT) -> InvalidRequest:
-            return InvalidRequest(kind, message, shown_url, method, value.get("id", NO_ID))
+            return InvalidRequest(kind, message, shown_url, method, request_id if finite_id else None)
 
         unknown = sorted(set(value) - _REQUEST_KEYS)
         if unknown:
             raise invalid(f"unknown key{'s' if len(unknown) > 1 else ''} in request object: {', '.join(unknown)}")
+        if not finite_id or not _is_finite(value.get("json")):
+            raise invalid("NaN and infinite numbers are not JSON")
         if not isinstance(url_value, str) or not url_value.strip():
             raise invalid("request object needs a 'url' string")
         if method_value is not None and (not isinstance(method_value, str) or not _TOKEN.match(method_value)):
@@ -152,7 +158,7 @@ class SpecBuilder:
             extra.append(("Content-Type", "application/json"))
         timeout = value.get("timeout")
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf
         ):
             raise invalid(f"'timeout' must be a number of seconds above 0, not {timeout!r}")
         headers_value = value.get("headers", {})
@@ -180,13 +186,35 @@ class SpecBuilder:
             wire_headers(target, method, headers, body),
             body,
             float(timeout) if timeout is not None else None,
-            value.get("id", NO_ID),
+            request_id,
         )
 
     @staticmethod
     def invalid_record(error: InvalidRequest, index: int) -> Record:
         """The record of a line that is not a request."""
         return Record(url=error.url, index=index, method=error.method, id=error.request_id, error=error.failure)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _is_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a JSON-like value (a record must stay strict JSON)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_is_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_is_finite(v) for v in value)
+    return True
 
 
 def wire_headers(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import Counter
@@ -24,21 +25,38 @@ class RunStats:
     http_errors: int = 0  # status >= 400, no error
     errors: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
-    bytes: int = 0
+    bytes_received: int = 0
     _latency: Counter[int] = field(default_factory=Counter)
 
     def add(self, record: Record) -> None:
+        """Count one record."""
+        kind = record.error.kind.value if record.error is not None else None
+        self._count(record.attempts, record.size, kind, record.status, record.elapsed_ms)
+
+    def note_json(self, line: bytes) -> None:
+        """Count a record known only as its JSON line (records collected from a queue)."""
+        fields = json.loads(line)
+        error = fields.get("error") or {}
+        self._count(
+            fields.get("attempts", 0),
+            fields.get("size", 0),
+            error.get("kind"),
+            fields.get("status"),
+            fields.get("elapsed_ms", 0.0),
+        )
+
+    def _count(self, attempts: int, size: int, error_kind: str | None, status: int | None, elapsed_ms: float) -> None:
         self.records += 1
-        self.attempts += record.attempts
-        self.bytes += record.size
-        if record.error is not None:
-            self.errors[record.error.kind.value] += 1
-        elif record.status is not None and record.status >= 400:
+        self.attempts += attempts
+        self.bytes_received += size
+        if error_kind is not None:
+            self.errors[error_kind] += 1
+        elif status is not None and status >= 400:
             self.http_errors += 1
         else:
             self.ok += 1
-        if record.attempts:
-            self._latency[int(math.log(max(record.elapsed_ms, _FLOOR_MS) / _FLOOR_MS) / _GROWTH)] += 1
+        if attempts:
+            self._latency[int(math.log(max(elapsed_ms, _FLOOR_MS) / _FLOOR_MS) / _GROWTH)] += 1
 
     @property
     def failed(self) -> int:

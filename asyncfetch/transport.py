@@ -401,7 +401,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.origin, deque()).append(connection)
         self._idle_order[connection] = None
-        while len(self._idle_order) + len(self._active) > self._max_connections:
+        while self._idle_order and len(self._idle_order) + len(self._active) > self._max_connections:
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:

@@ -24,7 +24,7 @@ from asyncfetch.decode import Decoder
 from asyncfetch.errors import ErrorKind, FetchError, classify
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record, Redirect, iso_utc
-from asyncfetch.save import BodyFile, BodySaver
+from asyncfetch.save import BodyFile, BodySaver, SaveError
 from asyncfetch.spec import RequestSpec, wire_headers
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -157,7 +157,7 @@ class Worker:
         self, spec: RequestSpec, response: httpx.Response, content_encoding: str | None, progress: _Progress
     ) -> None:
         decoder = Decoder(content_encoding)
-        saving = self._saver.start(progress.url, spec.index) if self._saver is not None else None
+        saving = self._start_saving(progress.url, spec.index)
         body = _Body(progress, self._options.max_size, keep=self._options.include_body, saving=saving)
         try:
             async for raw in _raw_stream(response):
@@ -174,9 +174,20 @@ class Worker:
             raise
         progress.sha256 = body.hasher.hexdigest()
         if saving is not None:
-            progress.saved_to = saving.commit()
+            try:
+                progress.saved_to = saving.commit()
+            except OSError as exc:
+                raise SaveError(progress.url, exc) from exc
         if body.kept is not None:
             progress.body, progress.body_encoding = _body_text(b"".join(body.kept), response)
+
+    def _start_saving(self, url: httpx.URL, index: int) -> BodyFile | None:
+        if self._saver is None:
+            return None
+        try:
+            return self._saver.start(url, index)
+        except OSError as exc:
+            raise SaveError(url, exc) from exc
 
 
 class _Body:
@@ -200,7 +211,10 @@ class _Body:
         if self.kept is not None:
             self.kept.append(data)
         if self.saving is not None:
-            self.saving.write(data)
+            try:
+                self.saving.write(data)
+            except OSError as exc:
+                raise SaveError(progress.url, exc) from exc
 
 
 def retry_delay(outcome: Outcome, attempts: int, options: FetchOptions) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +35,17 @@ def server() -> Iterator[TestServer]:
 @pytest.fixture
 def fresh_server() -> Iterator[TestServer]:
     """A server of this test's own, whose stats count only this test's requests."""
+    running = TestServer().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def other_fresh_server() -> Iterator[TestServer]:
+    """A second server of this test's own: another host beside ``fresh_server`` (a host is scheme, host, port).
+
+    A fixture, not ``TestServer()`` in the test: stopping a server runs its loop, which an async test cannot.
+    """
     running = TestServer().start()
     yield running
     running.stop()
@@ -91,3 +103,11 @@ def run_cli(
 def records_of(stdout: bytes) -> list[dict[str, Any]]:
     """The JSON records of a CLI run's stdout; fails the test on any line that is not JSON."""
     return [json.loads(line) for line in stdout.decode("utf-8").splitlines()]
+
+
+def unused_port() -> int:
+    """A local TCP port with nothing listening on it (bound, then closed): connecting is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

@@ -24,6 +24,10 @@ tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in bra
     /text [charset]             a UTF-8 or latin-1 text body with that charset
     /binary                     bytes that are not text
     /headers                    a response with repeated and odd headers
+    /truncated/N                Content-Length N, then N/2 bytes and a close
+    /bye                        200 "bye\n" (keep-alive by its headers), then closes the connection
+    /close-once/KEY             the first request for KEY is closed without a word, later ones get 200
+    /resource/N                 N bytes (Content-Length); a HEAD gets the headers only, as HTTP requires
 
 Every request is recorded: path, method, headers, start time (``time.monotonic()``), and the
 highest number in flight at once (``max_in_flight``).
@@ -97,9 +101,10 @@ class TestServer:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)  # ended, not left to log
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -272,6 +277,30 @@ class TestServer:
             send(200, b"\x00\xff\xfe\x01binary", [("Content-Type", "application/octet-stream")])
         elif route == "headers":
             send(200, b"h\n", [("X-Twice", "one"), ("X-Twice", "two"), ("X-Latin", "caf\xe9")])
+        elif route == "truncated":
+            total = int(arg)
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode() + _pattern(total // 2))
+            await writer.drain()
+            writer.close()
+            raise _Abort()
+        elif route == "bye":
+            send(200, b"bye\n")
+            await writer.drain()
+            return False
+        elif route == "close-once":
+            with self._lock:
+                self.stats.counters["close-once:" + arg] += 1
+                count = self.stats.counters["close-once:" + arg]
+            if count == 1:
+                writer.close()
+                raise _Abort()
+            send(200, b"second time\n")
+        elif route == "resource":
+            size = int(arg)
+            if seen.method == "HEAD":
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            else:
+                send(200, _pattern(size), [("Content-Type", "application/octet-stream")])
         else:
             send(404, b"no such route\n")
         await writer.drain()

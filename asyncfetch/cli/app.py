@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from asyncfetch._version import __version__
+from asyncfetch.cli import params as p
 from asyncfetch.cli.runner import ExitStatus, Plan, execute
-from asyncfetch.options import DEFAULT_USER_AGENT, MAX_CONCURRENCY, FetchOptions, parse_header, parse_size
+from asyncfetch.options import MAX_CONCURRENCY, FetchOptions, parse_header, parse_size
 from asyncfetch.source import STDIN, InputError, check_inputs
 from asyncfetch.spec import SpecBuilder
 
@@ -24,19 +26,37 @@ PROG = "asyncfetch"
 USAGE = f"Usage: {PROG} [OPTIONS] [INPUT]..."
 HINT = f"Try '{PROG} --help' for help."
 
+
+class _FetchUnlessNamed(TyperGroup):
+    """``asyncfetch [OPTIONS] [INPUT]...`` means ``asyncfetch fetch ...``: the one-liner stays as it
+    is, and the queue commands (``enqueue``, ``work``, ``collect``, ``status``) are named first.
+    A file named like a command is read with ``asyncfetch fetch FILE`` or ``./FILE``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # `asyncfetch --help` too: the options people look for are fetch's; its help lists the others.
+        if not args or (args[0] not in self.commands and args[0] not in _COMPLETION_OPTIONS):
+            args = ["fetch", *args]
+        return super().parse_args(ctx, args)
+
+
+_COMPLETION_OPTIONS = frozenset({"--install-completion", "--show-completion"})
+
 app = typer.Typer(
+    cls=_FetchUnlessNamed,
     add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Fetch many URLs concurrently; one JSON record per request on stdout.\n\n"
+        "asyncfetch [OPTIONS] [INPUT]... is 'asyncfetch fetch': see 'asyncfetch fetch --help' for its options. "
+        "The other commands spread one fetch over many machines through Redis."
+    ),
+    subcommand_metavar="[INPUT]... | COMMAND [ARGS]...",
 )
 
 
 class UsageError(Exception):
     """A problem with how asyncfetch was called: exit 2, a short message, nothing fetched."""
-
-
-def _env(name: str) -> str:
-    return f"ASYNCFETCH_{name}"
 
 
 def _show_version(value: bool) -> None:
@@ -46,182 +66,137 @@ def _show_version(value: bool) -> None:
 
 
 @app.command(
+    "fetch",
     help=(
         "Fetch every URL (or JSON request object) of INPUT concurrently and write one JSON record "
-        "per request to stdout. INPUT is a file; '-' or none reads standard input."
+        "per request to stdout. INPUT is a file; '-' or none reads standard input. "
+        "This is what asyncfetch does when no command is named."
     ),
-    no_args_is_help=False,
+    epilog=(
+        "Across many machines, through Redis: asyncfetch enqueue (put requests on a queue), "
+        "asyncfetch work (fetch them, on each machine), asyncfetch collect (the records, exactly once), "
+        "asyncfetch status (the queue's state). See asyncfetch COMMAND --help. "
+        "Shell completion: asyncfetch --install-completion."
+    ),
 )
-def command(
-    inputs: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="INPUT", show_default=False, help="Request files; - is standard input."),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option("--concurrency", "-c", envvar=_env("CONCURRENCY"), help="Requests in flight at once.")
-    ] = 50,
-    per_host: Annotated[
-        int, typer.Option("--per-host", envvar=_env("PER_HOST"), help="At most N in flight to one host (0: no limit).")
-    ] = 0,
-    rate: Annotated[
-        float | None, typer.Option("--rate", envvar=_env("RATE"), help="At most R request starts per second overall.")
-    ] = None,
-    timeout: Annotated[
-        float,
-        typer.Option("--timeout", "-t", envvar=_env("TIMEOUT"), help="Deadline of one attempt, body included (s)."),
-    ] = 10.0,
-    connect_timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--connect-timeout",
-            envvar=_env("CONNECT_TIMEOUT"),
-            help="Deadline to connect (s); default: the smaller of 10 and -t.",
-        ),
-    ] = None,
-    retries: Annotated[
-        int, typer.Option("--retries", "-r", envvar=_env("RETRIES"), help="Retries after a transient failure.")
-    ] = 2,
-    max_retry_wait: Annotated[
-        float, typer.Option("--max-retry-wait", envvar=_env("MAX_RETRY_WAIT"), help="Longest wait before a retry (s).")
-    ] = 60.0,
-    follow: Annotated[
-        bool, typer.Option("--follow/--no-follow", envvar=_env("FOLLOW"), help="Follow redirects.")
-    ] = True,
-    max_redirects: Annotated[
-        int, typer.Option("--max-redirects", envvar=_env("MAX_REDIRECTS"), help="Most redirects followed.")
-    ] = 10,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            "--method", "-X", envvar=_env("METHOD"), help="Method for URL lines; default: GET, or POST with -d."
-        ),
-    ] = None,
-    header: Annotated[
-        list[str] | None,
-        typer.Option("--header", "-H", help="'Name: value' added to every request (repeatable).", show_default=False),
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option("--data", "-d", envvar=_env("DATA"), help="Body for URL lines; @FILE reads FILE.")
-    ] = None,
-    user_agent: Annotated[
-        str, typer.Option("--user-agent", "-A", envvar=_env("USER_AGENT"), help="User-Agent header.")
-    ] = DEFAULT_USER_AGENT,
-    http2: Annotated[
-        bool, typer.Option("--http2", envvar=_env("HTTP2"), help="Negotiate HTTP/2 where the server offers it.")
-    ] = False,
-    proxy: Annotated[
-        str | None,
-        typer.Option("--proxy", envvar=_env("PROXY"), help="Proxy for every request; default: the *_PROXY variables."),
-    ] = None,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", "-k", envvar=_env("INSECURE"), help="Do not verify TLS certificates.")
-    ] = False,
-    max_size: Annotated[
-        str,
-        typer.Option("--max-size", envvar=_env("MAX_SIZE"), help="Largest body (after decoding): K, M, G suffixes."),
-    ] = "100M",
-    headers: Annotated[
-        bool, typer.Option("--headers", envvar=_env("HEADERS"), help="Add the response headers to each record.")
-    ] = False,
-    body: Annotated[
-        bool, typer.Option("--body", envvar=_env("BODY"), help="Add the response body to each record.")
-    ] = False,
-    save: Annotated[
-        Path | None, typer.Option("--save", envvar=_env("SAVE"), help="Write each complete body to a file in DIR.")
-    ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", envvar=_env("OUTPUT"), help="Write records to FILE, not stdout.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", envvar=_env("RESUME"), help="With -o: skip requests FILE already records.")
-    ] = False,
-    dedupe: Annotated[
-        bool, typer.Option("--dedupe", envvar=_env("DEDUPE"), help="Fetch each distinct URL once.")
-    ] = False,
-    ordered: Annotated[
-        bool, typer.Option("--ordered", envvar=_env("ORDERED"), help="Write records in input order.")
-    ] = False,
-    fail: Annotated[
-        bool, typer.Option("--fail", envvar=_env("FAIL"), help="Exit 1 when a status is 400 or more, too.")
-    ] = False,
-    progress: Annotated[
-        bool | None,
-        typer.Option(
-            "--progress/--no-progress",
-            envvar=_env("PROGRESS"),
-            help="Live progress bar on stderr; default: on when stderr is a terminal.",
-        ),
-    ] = None,
-    summary: Annotated[
-        bool | None,
-        typer.Option(
-            "--summary/--no-summary",
-            envvar=_env("SUMMARY"),
-            help="Closing summary on stderr; default: on when stderr is a terminal.",
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", envvar=_env("QUIET"), help="Neither progress nor summary.")
-    ] = False,
+def fetch_command(
+    inputs: p.Inputs = None,
+    concurrency: p.Concurrency = 50,
+    per_host: p.PerHost = 0,
+    rate: p.Rate = None,
+    timeout: p.Timeout = 10.0,
+    connect_timeout: p.ConnectTimeout = None,
+    retries: p.Retries = 2,
+    max_retry_wait: p.MaxRetryWait = 60.0,
+    follow: p.Follow = True,
+    max_redirects: p.MaxRedirects = 10,
+    method: p.Method = None,
+    header: p.Header = None,
+    data: p.Data = None,
+    user_agent: p.UserAgent = p.DEFAULT_UA,
+    http2: p.Http2 = False,
+    proxy: p.Proxy = None,
+    insecure: p.Insecure = False,
+    max_size: p.MaxSize = "100M",
+    headers: p.Headers = False,
+    body: p.Body = False,
+    save: p.Save = None,
+    output: p.Output = None,
+    resume: p.Resume = False,
+    dedupe: p.Dedupe = False,
+    ordered: p.Ordered = False,
+    fail: p.Fail = False,
+    progress: p.Progress = None,
+    summary: p.Summary = None,
+    quiet: p.Quiet = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> int:
     paths = list(inputs or [])
-    if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
-        raise UsageError("no INPUT given and standard input is a terminal")
+    require_input(paths)
     if resume and output is None:
         raise UsageError("--resume needs --output FILE")
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}")
-    header_texts = header if header else _env_lines(_env("HEADER"))
+    options = build_options(
+        concurrency=concurrency,
+        per_host=per_host,
+        rate=rate,
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        retries=retries,
+        max_retry_wait=max_retry_wait,
+        follow=follow,
+        max_redirects=max_redirects,
+        method=method,
+        header=header,
+        data=data,
+        user_agent=user_agent,
+        http2=http2,
+        proxy=proxy,
+        insecure=insecure,
+        max_size=max_size,
+        include_headers=headers,
+        include_body=body,
+        save_dir=save,
+        dedupe=dedupe,
+        ordered=ordered,
+    )
     try:
-        options = FetchOptions(
-            concurrency=concurrency,
-            per_host=per_host,
-            rate=rate,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            retries=retries,
-            max_retry_wait=max_retry_wait,
-            follow=follow,
-            max_redirects=max_redirects,
-            method=method.upper() if method else None,
-            headers=tuple(parse_header(text) for text in header_texts),
-            data=_read_data(data),
-            user_agent=user_agent,
-            http2=http2,
-            proxy=proxy,
-            insecure=insecure,
-            max_size=parse_size(max_size),
-            include_headers=headers,
-            include_body=body,
-            save_dir=save,
-            dedupe=dedupe,
-            ordered=ordered,
-        )
-        SpecBuilder(options)  # validates the -H headers against the defaults
         check_inputs(paths)
-    except (ValueError, InputError) as exc:
+    except InputError as exc:
         raise UsageError(str(exc)) from None
-    if save is not None and save.exists() and not save.is_dir():
-        raise UsageError(f"--save {save}: not a directory")
     if output is not None and output.is_dir():
         raise UsageError(f"--output {output}: is a directory")
-    stderr_tty = sys.stderr is not None and sys.stderr.isatty()
+    shown = p.display_choice(progress=progress, summary=summary, quiet=quiet)
     plan = Plan(
         inputs=paths,
         options=options,
         output=output,
         resume=resume,
         fail=fail,
-        progress=not quiet and (stderr_tty if progress is None else progress),
-        summary=not quiet and (stderr_tty if summary is None else summary),
+        progress=shown.progress,
+        summary=shown.summary,
     )
     return execute(plan)
 
 
-def _env_lines(name: str) -> list[str]:
+def require_input(paths: list[str]) -> None:
+    """A usage error when standard input is to be read but is a terminal (never wait on one)."""
+    if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("no INPUT given and standard input is a terminal")
+
+
+def build_options(
+    *,
+    header: list[str] | None = None,
+    data: str | None = None,
+    max_size: str = "100M",
+    method: str | None = None,
+    **values: Any,
+) -> FetchOptions:
+    """FetchOptions from command-line values (sizes, ``-d @FILE``, ``-H`` texts), or a UsageError."""
+    concurrency = values.get("concurrency", 1)
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}")
+    save = values.get("save_dir")
+    if save is not None and save.exists() and not save.is_dir():
+        raise UsageError(f"--save {save}: not a directory")
+    try:
+        options = FetchOptions(
+            method=method.upper() if method else None,
+            headers=tuple(parse_header(text) for text in (header or env_lines(p.env("HEADER")))),
+            data=_read_data(data),
+            max_size=parse_size(max_size),
+            **values,
+        )
+        SpecBuilder(options)  # validates the -H headers against the defaults
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return options
+
+
+def env_lines(name: str) -> list[str]:
+    """The non-blank lines of an environment variable (``ASYNCFETCH_HEADER``: one header each)."""
     return [line for line in os.environ.get(name, "").splitlines() if line.strip()]
 
 
@@ -241,6 +216,8 @@ def _read_data(data: str | None) -> bytes | None:
 
 def run(args: list[str]) -> int:
     """Run the command on ``args``; returns the exit status (usage errors are printed here)."""
+    from asyncfetch.cli import dist  # noqa: F401  (registers the queue commands on the app)
+
     cli = typer.main.get_command(app)
     try:
         status = cli.main(args=args, prog_name=PROG, standalone_mode=False)

@@ -93,7 +93,8 @@ def format_summary(stats: RunStats, *, interrupted: bool = False) -> str:
     lines = [
         f"asyncfetch: {head}",
         f"  {outcome}",
-        f"  {stats.attempts:,} attempts, {_bytes(stats.bytes)} received" + (f", latency {latency}" if latency else ""),
+        f"  {stats.attempts:,} attempts, {_bytes(stats.bytes_received)} received"
+        + (f", latency {latency}" if latency else ""),
     ]
     return "\n".join(lines) + "\n"
 

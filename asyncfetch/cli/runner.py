@@ -1,6 +1,8 @@
-"""One run of the command: input reader → :func:`asyncfetch.fetch` → JSON lines, with the
-process-level duties around it: the open-file limit, signals, the progress bar, the
-summary, and the exit status."""
+"""The process around a run: event loop, signals, open-file limit, output file, exit status.
+
+:func:`run_loop` is shared by every command; :func:`execute` is the one-machine fetch:
+input reader → :func:`asyncfetch.fetch` → JSON lines, with the progress bar and summary.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from typing import Any
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
 from asyncfetch.resume import DoneSet, scan_output
+from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import LineReader, estimate_total
+from asyncfetch.source import InputError, LineReader, estimate_total
 from asyncfetch.stats import RunStats
 
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
@@ -52,6 +55,31 @@ class Plan:
     summary: bool
 
 
+@dataclass(slots=True)
+class RunControl:
+    """What a command's coroutine needs from the process: the stop signal and the exits."""
+
+    stop: asyncio.Event
+    interrupted: bool = False
+    before_exit: list[Callable[[], None]] = field(default_factory=list)
+
+    def signalled(self) -> None:
+        if self.interrupted:  # a second ^C: the user means it
+            self._exit(ExitStatus.INTERRUPTED)
+        self.interrupted = True
+        self.stop.set()
+
+    def pipe_closed(self) -> None:
+        """The reader of stdout is gone (``| head -1``): end at once, quietly."""
+        self._exit(ExitStatus.PIPE_CLOSED)
+
+    def _exit(self, status: ExitStatus) -> None:
+        for hook in self.before_exit:
+            hook()
+        sys.stderr.flush()
+        os._exit(status)
+
+
 def exit_status(stats: RunStats, *, fail: bool) -> ExitStatus:
     """0 when every request got a response (and, with ``fail``, a status below 400), else 1."""
     if stats.failed or (fail and stats.http_errors):
@@ -59,29 +87,8 @@ def exit_status(stats: RunStats, *, fail: bool) -> ExitStatus:
     return ExitStatus.OK
 
 
-def execute(plan: Plan) -> int:
-    """Run the plan to its end and return the exit status."""
-    options = replace(plan.options, concurrency=_claim_open_files(plan.options.concurrency))
-    done: DoneSet | None = None
-    if plan.output is not None:
-        try:
-            if plan.resume:
-                done = scan_output(str(plan.output))
-            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if plan.resume else os.O_TRUNC)
-            out_fd = os.open(plan.output, flags, 0o644)
-        except OSError as exc:
-            sys.stderr.write(f"asyncfetch: error: cannot write {plan.output}: {exc.strerror or exc}\n")
-            return ExitStatus.USAGE
-    else:
-        out_fd = sys.stdout.fileno()
-    try:
-        return _run_loop(_run(replace(plan, options=options), out_fd, done))
-    finally:
-        if plan.output is not None:
-            os.close(out_fd)
-
-
-def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+def run_loop(main: Callable[[RunControl], Coroutine[Any, Any, int]]) -> int:
+    """Run ``main`` on uvloop (where installed) with SIGINT/SIGTERM setting its stop event."""
     # Name lookups run in threads (libuv's pool under uvloop, the default executor otherwise):
     # the default 4 to 6 of them would make DNS the bottleneck of a list across many hosts.
     os.environ.setdefault("UV_THREADPOOL_SIZE", str(_RESOLVER_THREADS))
@@ -91,58 +98,60 @@ def _run_loop(main: Coroutine[Any, Any, int]) -> int:
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
+
+    async def with_signals() -> int:
+        control = RunControl(asyncio.Event())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, control.signalled)
+        return await main(control)
+
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.get_loop().set_default_executor(ThreadPoolExecutor(_RESOLVER_THREADS, "asyncfetch-io"))
-        return runner.run(main)
+        return runner.run(with_signals())
 
 
-async def _run(plan: Plan, out_fd: int, done: DoneSet | None) -> int:
-    loop = asyncio.get_running_loop()
+def open_output(path: Path, *, append: bool) -> int:
+    """The file descriptor records are written to: FILE appended to, or replaced."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
+
+
+def execute(plan: Plan) -> int:
+    """Run the one-machine fetch to its end and return the exit status."""
+    options = replace(plan.options, concurrency=claim_open_files(plan.options.concurrency))
+    done: DoneSet | None = None
+    if plan.output is not None:
+        try:
+            if plan.resume:
+                done = scan_output(str(plan.output))
+            out_fd = open_output(plan.output, append=plan.resume)
+        except OSError as exc:
+            sys.stderr.write(f"asyncfetch: error: cannot write {plan.output}: {exc.strerror or exc}\n")
+            return ExitStatus.USAGE
+    elif sys.stdout is None:  # started with stdout closed (`>&-`)
+        sys.stderr.write("asyncfetch: error: cannot write records: standard output is closed\n")
+        return ExitStatus.FAILURES
+    else:
+        out_fd = sys.stdout.fileno()
+    try:
+        return run_loop(lambda control: _fetch(replace(plan, options=options), out_fd, done, control))
+    finally:
+        if plan.output is not None:
+            os.close(out_fd)
+
+
+async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunControl) -> int:
     stats = RunStats()
-    stop = asyncio.Event()
-    interrupted = False
-
-    def on_signal() -> None:
-        nonlocal interrupted
-        if interrupted:  # a second ^C: the user means it
-            os._exit(ExitStatus.INTERRUPTED)
-        interrupted = True
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal)
-
     reader = LineReader(plan.inputs)
-    run = fetch(reader, options=plan.options, stop=stop, skip=done)
-    display = None
-    if plan.progress:
-        from asyncfetch.cli.display import ProgressDisplay
-
-        estimate: list[int | None] = [None]
-
-        def total() -> int | None:
-            return run.requests_read if reader.finished else estimate[0]
-
-        def done_count() -> int:
-            return stats.records + run.skipped
-
-        display = ProgressDisplay(sys.stderr, stats, total, done_count)
-        display.start()
-        counting = loop.run_in_executor(None, estimate_total, plan.inputs)
-        counting.add_done_callback(lambda f: estimate.__setitem__(0, None if f.cancelled() else f.result()))
-
-        def tick() -> None:
-            display.refresh()
-            ticker[0] = loop.call_later(_REFRESH_SECONDS, tick)
-
-        ticker = [loop.call_later(_REFRESH_SECONDS, tick)]
-
-    def pipe_closed() -> None:
-        if display is not None:
-            display.stop()
-        os._exit(ExitStatus.PIPE_CLOSED)  # stop at once, quietly: nobody reads what follows
-
-    writer = LineWriter(out_fd, on_closed=pipe_closed)
+    try:
+        run = fetch(reader, options=plan.options, stop=control.stop, skip=done)
+    except OSError as exc:  # --save DIR cannot be made
+        sys.stderr.write(f"asyncfetch: error: cannot use --save {plan.options.save_dir}: {exc.strerror or exc}\n")
+        return ExitStatus.USAGE
+    stop_display = _start_progress(plan, reader, run, stats) if plan.progress else None
+    if stop_display is not None:
+        control.before_exit.append(stop_display)
+    writer = LineWriter(out_fd, on_closed=control.pipe_closed)
     try:
         async with run:
             async for record in run:
@@ -151,25 +160,65 @@ async def _run(plan: Plan, out_fd: int, done: DoneSet | None) -> int:
     except OSError as exc:
         sys.stderr.write(f"asyncfetch: error: cannot write records: {exc.strerror or exc}\n")
         return ExitStatus.FAILURES
+    except SaveError as exc:
+        sys.stderr.write(f"asyncfetch: error: {exc}\n")
+        return ExitStatus.FAILURES
+    except InputError as exc:  # an INPUT that became unreadable midway
+        sys.stderr.write(f"asyncfetch: error: {exc}\n")
+        return ExitStatus.USAGE
     finally:
         writer.flush()
-        if display is not None:
-            ticker[0].cancel()
-            display.stop()
+        if stop_display is not None:
+            stop_display()
     if writer.error is not None:
         sys.stderr.write(f"asyncfetch: error: cannot write records: {writer.error.strerror or writer.error}\n")
         return ExitStatus.FAILURES
     if plan.summary:
         from asyncfetch.cli.display import format_summary
 
-        sys.stderr.write(format_summary(stats, interrupted=interrupted))
+        sys.stderr.write(format_summary(stats, interrupted=control.interrupted))
         sys.stderr.flush()
-    if interrupted:
+    if control.interrupted:
         return ExitStatus.INTERRUPTED
     return exit_status(stats, fail=plan.fail)
 
 
-def _claim_open_files(concurrency: int) -> int:
+def _start_progress(plan: Plan, reader: LineReader, run: Any, stats: RunStats) -> Callable[[], None]:
+    """Start the bar; returns the function that stops it (idempotent)."""
+    from asyncfetch.cli.display import ProgressDisplay
+
+    loop = asyncio.get_running_loop()
+    estimate: list[int | None] = [None]
+    display = ProgressDisplay(
+        sys.stderr,
+        stats,
+        total=lambda: run.requests_read if reader.finished else estimate[0],
+        completed=lambda: stats.records + run.skipped,
+    )
+    display.start()
+    counting = loop.run_in_executor(None, estimate_total, plan.inputs)
+    counting.add_done_callback(lambda f: estimate.__setitem__(0, None if f.cancelled() else f.result()))
+    ticker: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        display.refresh()
+        ticker[:] = [loop.call_later(_REFRESH_SECONDS, tick)]
+
+    tick()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            for timer in ticker:
+                timer.cancel()
+            display.stop()
+
+    return stop
+
+
+def claim_open_files(concurrency: int) -> int:
     """Raise the open-file limit as far as allowed; the concurrency it can carry, with a warning."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = concurrency + _FD_RESERVE
