@@ -26,7 +26,7 @@ class SeenSet:
         size = 1
         while size < capacity:
             size <<= 1
-        self._table = array("Q", bytes(8 * size))
+        self._table = array("Q", [0]) * size
         self._mask = size - 1
         self._count = 0
         self._limit = int(size * _MAX_LOAD)
@@ -63,7 +63,7 @@ class SeenSet:
     def _grow(self) -> None:
         old = self._table
         size = len(old) * 2
-        self._table = array("Q", bytes(8 * size))
+        self._table = array("Q", [0]) * size  # no temporary copy: peak stays old + new table
         self._mask = size - 1
         self._limit = int(size * _MAX_LOAD)
         for digest in old:

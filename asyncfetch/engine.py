@@ -164,7 +164,6 @@ class _Engine:
         self._next_index = 0
         self._reorder: dict[int, Record | None] = {}
         self._window_waiter: asyncio.Future[None] | None = None
-        self._stopping = False
         self.requests_read = 0
         self.skipped = 0
 
@@ -225,7 +224,6 @@ class _Engine:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         await stop.wait()
-        self._stopping = True
         self._scheduler.stop()
         for task in list(self._tasks):
             task.cancel()

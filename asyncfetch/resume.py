@@ -17,6 +17,9 @@ from array import array
 from asyncfetch.dedupe import url_digest
 
 _CHUNK = 1 << 20
+# Records come in completion order, close to input order: an index this far beyond what the
+# file holds is not one the engine wrote.
+_MAX_GAP = 10_000_000
 # The engine writes "url" then "index" first: a cheap match avoids parsing whole records.
 _HEAD = re.compile(rb'^\{"url":("(?:[^"\\]|\\.)*"),"index":(\d+)[,}]')
 
@@ -29,8 +32,8 @@ class DoneSet:
         self.count = 0
 
     def add(self, index: int, url: str) -> None:
-        if index < 0:
-            return  # not a record of ours
+        if not 0 <= index <= 2 * self.count + _MAX_GAP:
+            return  # not a record of ours (a hand-edited or corrupted line must not cost gigabytes)
         digests = self._digests
         if index >= len(digests):
             digests.frombytes(bytes(8 * max(index + 1 - len(digests), len(digests) // 2 + 1024)))
@@ -71,8 +74,11 @@ def scan_output(path: str) -> DoneSet:
 def _note(done: DoneSet, line: bytes) -> None:
     match = _HEAD.match(line)
     if match is not None:
+        quoted = match.group(1)
         with contextlib.suppress(ValueError):
-            done.add(int(match.group(2)), json.loads(match.group(1)))
+            # Most URLs carry no JSON escapes: their text is the bytes between the quotes.
+            url = json.loads(quoted) if b"\\" in quoted else quoted[1:-1].decode("utf-8")
+            done.add(int(match.group(2)), url)
         return
     try:
         value = json.loads(line)
