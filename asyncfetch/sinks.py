@@ -9,8 +9,12 @@ from us, and a record reaches the kernel within microseconds of completing. Writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import select
+import stat
+import threading
 from collections.abc import Callable
 
 
@@ -24,6 +28,39 @@ class LineWriter:
         self._on_closed = on_closed
         self.lines_written = 0
         self.error: OSError | None = None
+        if on_closed is not None:
+            self._watch_reader()
+
+    def _watch_reader(self) -> None:
+        """On a pipe or socket, notice the reader leaving (``| head -1``) now, not at the next write.
+
+        A thread waits in poll() for POLLERR/POLLHUP only; the loop's own add_reader is not used
+        because uvloop would switch the descriptor, shared with other processes, to non-blocking.
+        """
+        try:
+            mode = os.fstat(self._fd).st_mode
+        except OSError:
+            return
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            return
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._wait_for_hangup, args=(loop,), name="asyncfetch-stdout", daemon=True).start()
+
+    def _wait_for_hangup(self, loop: asyncio.AbstractEventLoop) -> None:
+        poller = select.poll()
+        poller.register(self._fd, 0)  # no event asked for: poll() returns on error or hang-up only
+        while True:
+            events = poller.poll()
+            if any(flags & (select.POLLERR | select.POLLHUP) for _, flags in events):
+                break
+            if any(flags & select.POLLNVAL for _, flags in events):
+                return  # the descriptor was closed: the run is over
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to stop
+            loop.call_soon_threadsafe(self._reader_gone)
+
+    def _reader_gone(self) -> None:
+        if self._on_closed is not None:
+            self._on_closed()
 
     def write(self, line: bytes) -> None:
         """Queue one complete line (ending in a newline) for this loop turn's write.
@@ -59,5 +96,10 @@ def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is out (a signal can cut a write short)."""
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            # A descriptor someone else left non-blocking: wait for room, as a blocking write would.
+            select.select([], [fd], [])
+            continue
         view = view[written:]

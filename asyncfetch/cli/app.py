@@ -147,7 +147,7 @@ def fetch_command(
         raise UsageError(str(exc)) from None
     if output is not None and output.is_dir():
         raise UsageError(f"--output {output}: is a directory")
-    shown = p.display_choice(progress=progress, summary=summary, quiet=quiet)
+    shown = p.display_choice(progress=progress, summary=summary, quiet=quiet, records_on_stdout=output is None)
     plan = Plan(
         inputs=paths,
         options=options,

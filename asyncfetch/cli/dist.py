@@ -166,7 +166,7 @@ def work_command(
         include_body=body,
         save_dir=save,
     )
-    display = p.display_choice(progress=progress, summary=summary, quiet=quiet)
+    display = p.display_choice(progress=progress, summary=summary, quiet=quiet, records_on_stdout=False)
 
     async def main(control: RunControl) -> int:
         client = distributed.connect(redis_url)

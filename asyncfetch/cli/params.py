@@ -35,11 +35,18 @@ class DisplayChoice:
     summary: bool
 
 
-def display_choice(*, progress: bool | None, summary: bool | None, quiet: bool) -> DisplayChoice:
-    """Each on when asked, else when stderr is a terminal; neither with ``--quiet``."""
+def display_choice(
+    *, progress: bool | None, summary: bool | None, quiet: bool, records_on_stdout: bool = True
+) -> DisplayChoice:
+    """Each on when asked, else when stderr is a terminal; neither with ``--quiet``.
+
+    The bar is off by default when records go to the same terminal (as curl's meter is):
+    a redrawn line and the records would be printed over each other.
+    """
     terminal = sys.stderr is not None and sys.stderr.isatty()
+    records_on_terminal = records_on_stdout and sys.stdout is not None and sys.stdout.isatty()
     return DisplayChoice(
-        progress=not quiet and (terminal if progress is None else progress),
+        progress=not quiet and (terminal and not records_on_terminal if progress is None else progress),
         summary=not quiet and (terminal if summary is None else summary),
     )
 

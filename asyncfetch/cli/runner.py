@@ -60,14 +60,21 @@ class RunControl:
     """What a command's coroutine needs from the process: the stop signal and the exits."""
 
     stop: asyncio.Event
+    loop: asyncio.AbstractEventLoop
     interrupted: bool = False
     before_exit: list[Callable[[], None]] = field(default_factory=list)
 
-    def signalled(self) -> None:
+    def signalled(self, signum: int, frame: object) -> None:
+        """SIGINT/SIGTERM: stop taking input and finish up; a second one exits at once.
+
+        A plain ``signal.signal`` handler, not the loop's: it runs even while a write to a
+        stalled stdout blocks the loop, so the second ^C always gets the user out.
+        """
+        del signum, frame
         if self.interrupted:  # a second ^C: the user means it
             self._exit(ExitStatus.INTERRUPTED)
         self.interrupted = True
-        self.stop.set()
+        self.loop.call_soon_threadsafe(self.stop.set)
 
     def pipe_closed(self) -> None:
         """The reader of stdout is gone (``| head -1``): end at once, quietly."""
@@ -100,10 +107,9 @@ def run_loop(main: Callable[[RunControl], Coroutine[Any, Any, int]]) -> int:
         loop_factory = uvloop.new_event_loop
 
     async def with_signals() -> int:
-        control = RunControl(asyncio.Event())
-        loop = asyncio.get_running_loop()
+        control = RunControl(asyncio.Event(), asyncio.get_running_loop())
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, control.signalled)
+            signal.signal(signum, control.signalled)
         return await main(control)
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
