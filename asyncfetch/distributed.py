@@ -120,6 +120,15 @@ def connect(url: str) -> aioredis.Redis:
     )
 
 
+async def check(url: str) -> None:
+    """Fail fast, before any patience: one PING, no retries (a wrong URL or password says so at once)."""
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, retry=Retry(ExponentialBackoff(), retries=0))
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
 def redacted(url: str) -> str:
     """``url`` without its password, for messages (credentials never reach logs or records)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)

@@ -11,8 +11,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
 
 import typer
 
@@ -61,6 +61,28 @@ FollowQueue = Annotated[
 ]
 
 
+def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redis_url: str) -> int:
+    """Run a queue command; a Redis that cannot be reached (or refuses us) is one clear line, exit 1.
+
+    Reachability is checked once, without retries, before the command's patient client (which
+    rides out a Redis restart for about a minute) takes over.
+    """
+    from redis.exceptions import RedisError
+
+    from asyncfetch.distributed import check, redacted
+
+    async def guarded(control: RunControl) -> int:
+        try:
+            await check(redis_url)
+            return await main(control)
+        except RedisError as exc:
+            # redis-py's messages name host and port, never the password; the URL is shown redacted.
+            sys.stderr.write(f"asyncfetch: error: Redis at {redacted(redis_url)}: {exc}\n")
+            return ExitStatus.FAILURES
+
+    return run_loop(guarded)
+
+
 @app.command("enqueue", help="Put requests on a Redis queue, in the same input formats (INPUT, '-' or stdin).")
 def enqueue_command(
     inputs: p.Inputs = None,
@@ -107,7 +129,7 @@ def enqueue_command(
         sys.stderr.write(f"asyncfetch: queued {queued:,} requests on '{queue}' at {distributed.redacted(redis_url)}\n")
         return ExitStatus.OK
 
-    return run_loop(main)
+    return _run_with_redis(main, redis_url)
 
 
 async def _distinct(lines: LineReader) -> AsyncIterator[str]:
@@ -186,7 +208,7 @@ def work_command(
             return ExitStatus.INTERRUPTED
         return ExitStatus.FAILURES if totals.failed else ExitStatus.OK
 
-    return run_loop(main)
+    return _run_with_redis(main, redis_url)
 
 
 @app.command("collect", help="Write the records of a Redis queue as JSON lines, each exactly once.")
@@ -254,7 +276,7 @@ def collect_command(
             return ExitStatus.INTERRUPTED
         return ExitStatus.FAILURES if stats.failed or (fail and stats.http_errors) else ExitStatus.OK
 
-    return run_loop(main)
+    return _run_with_redis(main, redis_url)
 
 
 @app.command("status", help="Print a queue's state as JSON: queued, done, failed, chunks, workers.")
@@ -271,4 +293,4 @@ def status_command(redis_url: p.RedisUrl = p.DEFAULT_REDIS, queue: p.QueueName =
         sys.stdout.write(json.dumps(state, indent=2) + "\n")
         return ExitStatus.OK
 
-    return run_loop(main)
+    return _run_with_redis(main, redis_url)
