@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,13 +51,9 @@ def display_choice(
     )
 
 
-def _option(*names: str, var: str | None, help: str, panel: str, **extra: object) -> typer.models.OptionInfo:
+def _option(*names: str, var: str | None, help: str, panel: str, **extra: Any) -> typer.models.OptionInfo:
     info: typer.models.OptionInfo = typer.Option(
-        *names,
-        envvar=env(var) if var else None,
-        help=help,
-        rich_help_panel=panel,
-        **extra,  # type: ignore[arg-type]
+        *names, envvar=env(var) if var else None, help=help, rich_help_panel=panel, **extra
     )
     return info
 
