@@ -31,28 +31,38 @@ natively, where RQ moves an abandoned job to its failed registry and leaves re-q
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from asyncfetch.dedupe import SeenSet
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
+from asyncfetch.spec import InvalidRequest, RequestShape, ShapedLine, SpecBuilder
 
 GROUP = "workers"
 DEFAULT_CHUNK = 500
+_FIRST_PAUSE = 0.5
+_LAST_PAUSE = 30.0
+
+logger = logging.getLogger(__name__)
 
 # KEYS: done, results, counts, worker — ARGV: index, JSON line, outcome (ok | http | failed)
 _RECORD_ONCE = """
@@ -63,13 +73,30 @@ redis.call('HINCRBY', KEYS[4], ARGV[3] == 'failed' and 'failed' or 'done', 1)
 return 1
 """
 
-# KEYS: done, jobs — ARGV: group, chunk id, first index, count
+# KEYS: done, jobs — ARGV: group, chunk id, first index, count. A finished chunk is deleted
+# too: the jobs stream holds only work still to do.
 _ACK_IF_COMPLETE = """
 local last = tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1
 if redis.call('BITCOUNT', KEYS[1], ARGV[3], last, 'BIT') == tonumber(ARGV[4]) then
-  return redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  return redis.call('XDEL', KEYS[2], ARGV[2])
 end
 return -1
+"""
+
+# KEYS: next, jobs, counts, done, token — ARGV: count, lines, shape, token ttl, offsets of
+# duplicates ("3,17"). Numbering and queueing in one step, once per token: a call that redis-py
+# repeats after a lost reply cannot queue the chunk twice.
+_ENQUEUE = """
+if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', ARGV[4]) then return -1 end
+local count = tonumber(ARGV[1])
+local first = redis.call('INCRBY', KEYS[1], count) - count
+redis.call('XADD', KEYS[2], '*', 'first', first, 'lines', ARGV[2], 'shape', ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'queued', count)
+for offset in string.gmatch(ARGV[5], '%d+') do
+  redis.call('SETBIT', KEYS[4], first + tonumber(offset), 1)
+end
+return first
 """
 
 _INDEX = re.compile(rb'"index":(\d+)')
@@ -130,8 +157,19 @@ async def check(url: str) -> None:
 
 
 def redacted(url: str) -> str:
-    """``url`` without its password, for messages (credentials never reach logs or records)."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """Where ``url`` points, for messages: scheme, host, port and database only.
+
+    User names, passwords and query parameters (redis-py reads ``?password=`` too) are left out.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(a Redis URL that cannot be parsed)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 async def ensure_group(client: aioredis.Redis, keys: QueueKeys) -> None:
@@ -146,41 +184,31 @@ async def ensure_group(client: aioredis.Redis, keys: QueueKeys) -> None:
 # -- enqueue ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RequestShape:
-    """The request options given at enqueue time, folded into each line so workers need none."""
+def shape_to_text(shape: RequestShape) -> str:
+    """A chunk's request options as JSON ("" for none: the worker's defaults)."""
+    if shape == RequestShape():
+        return ""
+    return json.dumps(
+        {
+            "method": shape.method,
+            "headers": [list(pair) for pair in shape.headers],
+            "data": base64.b64encode(shape.data).decode("ascii") if shape.data is not None else None,
+            "user_agent": shape.user_agent,
+        },
+        separators=(",", ":"),
+    )
 
-    method: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    data: str | None = None
-    user_agent: str | None = None
 
-    def apply(self, line: str) -> str:
-        """``line`` as a JSON request object carrying these options (unchanged when there are none)."""
-        extra = dict(self.headers)
-        if self.user_agent is not None:
-            extra = {"User-Agent": self.user_agent, **extra}
-        if not extra and self.method is None and self.data is None:
-            return line
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                return line  # the worker turns it into an invalid_input record
-            if not isinstance(value, dict):
-                return line
-            headers = value.get("headers")
-            if extra and (headers is None or isinstance(headers, dict)):
-                value["headers"] = {**extra, **(headers or {})}
-            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        request: dict[str, Any] = {"url": line}
-        if self.method is not None:
-            request["method"] = self.method
-        if extra:
-            request["headers"] = extra
-        if self.data is not None:
-            request["body"] = self.data
-        return json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+def shape_from_text(text: str) -> RequestShape:
+    if not text:
+        return RequestShape()
+    value = json.loads(text)
+    return RequestShape(
+        method=value["method"],
+        headers=tuple((name, content) for name, content in value["headers"]),
+        data=base64.b64decode(value["data"]) if value["data"] is not None else None,
+        user_agent=value["user_agent"],
+    )
 
 
 async def enqueue(
@@ -188,35 +216,57 @@ async def enqueue(
     keys: QueueKeys,
     lines: AsyncIterable[str],
     *,
-    shape: RequestShape = RequestShape(),
+    shape: RequestShape | None = None,
     chunk_size: int = DEFAULT_CHUNK,
+    dedupe: bool = False,
 ) -> int:
-    """Put request lines on the queue in chunks; returns how many requests were queued."""
+    """Put request lines on the queue in chunks; returns how many requests were read.
+
+    Lines keep their text; ``shape`` (the -X, -H, -d, -A of the command) travels with each chunk.
+    With ``dedupe``, a URL seen before in this call keeps its index but is marked done at once:
+    no record, as with ``asyncfetch --dedupe``.
+    """
+    shape = shape or RequestShape()
     await ensure_group(client, keys)
-    queued = 0
+    enqueue_script = client.register_script(_ENQUEUE)
+    builder = SpecBuilder(shape.apply(FetchOptions())) if dedupe else None
+    seen = SeenSet() if dedupe else None
+    shape_text = shape_to_text(shape)
+    read = 0
     batch: list[str] = []
+    duplicates: list[int] = []
 
     async def put() -> None:
-        nonlocal queued
-        last = await client.incrby(keys.next, len(batch))
-        first = last - len(batch)
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.jobs, {"first": first, "lines": "\n".join(batch)})
-            pipe.hincrby(keys.counts, "queued", len(batch))
-            await pipe.execute()
-        queued += len(batch)
+        token = keys.key(f"enqueued:{uuid.uuid4().hex}")
+        await enqueue_script(
+            keys=[keys.next, keys.jobs, keys.counts, keys.done, token],
+            args=[len(batch), "\n".join(batch), shape_text, 86_400, ",".join(map(str, duplicates))],
+        )
         batch.clear()
+        duplicates.clear()
 
     async for raw in lines:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        batch.append(shape.apply(line))
+        if seen is not None and builder is not None and not seen.add(_dedupe_key(builder, line)):
+            duplicates.append(len(batch))
+            line = ""  # its place (and index) is kept; its text is not needed
+        batch.append(line)
+        read += 1
         if len(batch) >= chunk_size:
             await put()
     if batch:
         await put()
-    return queued
+    return read
+
+
+def _dedupe_key(builder: SpecBuilder, line: str) -> str:
+    """The URL a line requests, as ``--dedupe`` compares them (the line itself if it is invalid)."""
+    try:
+        return builder.from_line(line, 0).url
+    except InvalidRequest as invalid:
+        return invalid.url
 
 
 # -- work -------------------------------------------------------------------------------------------
@@ -316,7 +366,7 @@ class QueueWorker:
             self._outbox.acks.append(chunk)
         self._wake_sender.set()
 
-    async def _requests(self, stop: asyncio.Event) -> AsyncIterator[str]:
+    async def _requests(self, stop: asyncio.Event) -> AsyncIterator[str | ShapedLine]:
         """The request lines of the chunks this worker takes, as the engine asks for more."""
         local = 0
         while not stop.is_set():
@@ -325,23 +375,23 @@ class QueueWorker:
                 if self._burst and await self._drained():
                     return
                 continue
-            entry_id, first, lines = chunk_entry
+            entry_id, first, lines, shape = chunk_entry
             chunk = _Chunk(entry_id, first, len(lines))
             self._open[entry_id] = chunk
             done = await self._done_bits(first, len(lines))
             for offset, line in enumerate(lines):
                 if done[offset]:
-                    continue  # a worker before us recorded it
+                    continue  # recorded by a worker before us (or a duplicate dropped at enqueue)
                 self._origin[local] = (first + offset, chunk)
                 chunk.outstanding += 1
                 local += 1
-                yield line
+                yield line if shape is None else ShapedLine(line, shape)
             chunk.fed = True
             if chunk.outstanding == 0:
                 self._outbox.acks.append(chunk)
                 self._wake_sender.set()
 
-    async def _next_chunk(self) -> tuple[str, int, list[str]] | None:
+    async def _next_chunk(self) -> tuple[str, int, list[str], RequestShape | None] | None:
         client, keys = self._client, self._keys
         # A chunk abandoned by a silent worker first: its requests have waited longest. The
         # cursor walks the whole pending list over successive calls, not only its head.
@@ -356,7 +406,9 @@ class QueueWorker:
         for entry_id, fields in entries:
             if fields:  # None for an entry deleted from the stream
                 text = fields[b"lines"].decode("utf-8", "surrogateescape")
-                return entry_id.decode("ascii"), int(fields[b"first"]), text.split("\n")
+                shape_text = fields.get(b"shape", b"").decode("utf-8")
+                shape = shape_from_text(shape_text) if shape_text else None
+                return entry_id.decode("ascii"), int(fields[b"first"]), text.split("\n"), shape
         return None
 
     async def _done_bits(self, first: int, count: int) -> list[int]:
@@ -371,16 +423,42 @@ class QueueWorker:
         return int(summary["pending"]) <= len(self._open)
 
     async def _send_loop(self) -> None:
+        pause = _FIRST_PAUSE
         while True:
             await self._wake_sender.wait()
             self._wake_sender.clear()
-            await self._send()
+            try:
+                await self._send()
+            except RedisError as exc:
+                # Redis refusing writes for a while (out of memory, a replica during failover):
+                # keep the records and try again; a worker must not die or hang over it.
+                logger.warning("asyncfetch: cannot write records to Redis (%s); trying again in %.1f s", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _LAST_PAUSE)
+                self._wake_sender.set()
+            else:
+                pause = _FIRST_PAUSE
 
     async def _send(self) -> None:
         outbox, self._outbox = self._outbox, _Outbox()
         if not outbox.records and not outbox.acks:
             self._sent.set()
             return
+        try:
+            await self._write(outbox)
+        except BaseException:
+            # Back in front of whatever came meanwhile: sending twice is harmless (the gate).
+            self._outbox.records[:0] = outbox.records
+            self._outbox.acks[:0] = outbox.acks
+            raise
+        for chunk in outbox.acks:
+            self._open.pop(chunk.id, None)
+        self.totals.records += len(outbox.records)
+        self.totals.failed += sum(1 for _, _, outcome in outbox.records if outcome == "failed")
+        self.totals.chunks += len(outbox.acks)
+        self._sent.set()
+
+    async def _write(self, outbox: _Outbox) -> None:
         keys = self._keys
         worker_key = keys.worker(self.name)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -394,12 +472,6 @@ class QueueWorker:
                 )
             pipe.hset(worker_key, "seen", f"{time.time():.3f}")
             await pipe.execute()
-        for chunk in outbox.acks:
-            self._open.pop(chunk.id, None)
-        self.totals.records += len(outbox.records)
-        self.totals.failed += sum(1 for _, _, outcome in outbox.records if outcome == "failed")
-        self.totals.chunks += len(outbox.acks)
-        self._sent.set()
 
     async def _flushed(self) -> None:
         """Wait until what is in the outbox now has reached Redis."""
@@ -460,20 +532,23 @@ async def collect(
     *,
     written: IndexBitmap,
     follow: bool = False,
-    after: str = "0-0",
+    trim: bool = False,
+    flush: Callable[[], None] | None = None,
+    stop: asyncio.Event | None = None,
     batch: int = 1000,
-    on_batch: Callable[[str], None] | None = None,
     poll: float = 1.0,
-) -> str:
+) -> None:
     """Write every record of the queue not in ``written`` (JSON line + newline) through ``write``.
 
-    Reads the results stream from ``after``; with ``follow``, waits for more until every queued
-    request has its record. Returns the last stream position read.
+    With ``follow``, waits for more until every queued request has its record. With ``trim``,
+    records leave Redis once written (after ``flush``): for a single collector of a big queue.
     """
-    position = after
-    while True:
+    position = "0-0"
+    while stop is None or not stop.is_set():
+        # Complete before the read and nothing read: then nothing can still be on its way.
+        complete = follow and await _complete(client, keys)
         answer: Any = await client.xread(
-            {keys.results: position}, count=batch, block=int(poll * 1000) if follow else None
+            {keys.results: position}, count=batch, block=int(poll * 1000) if follow and not complete else None
         )
         entries: Any = answer[0][1] if answer else []
         for entry_id, fields in entries:
@@ -487,11 +562,13 @@ async def collect(
                 written.add(index)
             write(line + b"\n")
         if entries:
-            if on_batch is not None:
-                on_batch(position)
+            if trim:
+                if flush is not None:
+                    flush()
+                await client.xdel(keys.results, *[entry_id for entry_id, _ in entries])
             continue
-        if not follow or await _complete(client, keys):
-            return position
+        if not follow or complete:
+            return
 
 
 async def _complete(client: aioredis.Redis, keys: QueueKeys) -> bool:

@@ -29,10 +29,10 @@ from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
 from asyncfetch.save import BodySaver
 from asyncfetch.scheduler import Scheduler
-from asyncfetch.spec import InvalidRequest, RequestSpec, SpecBuilder
+from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder
 from asyncfetch.worker import Worker, retry_delay
 
-RequestItem = str | Mapping[str, Any]
+RequestItem = str | Mapping[str, Any] | ShapedLine
 SkipCheck = Callable[[int, str], bool]
 
 # Records waiting for the consumer before workers stop taking new requests.
@@ -51,7 +51,8 @@ def fetch(
     """Fetch every request; iterate the result for one :class:`Record` per request, as each completes.
 
     ``requests``: URL lines (blank lines and ``#`` comments are skipped, JSON request objects
-    start with ``{``) or mappings with the keys of a JSON request object, sync or async.
+    start with ``{``), mappings with the keys of a JSON request object, or
+    :class:`~asyncfetch.spec.ShapedLine` (a line with request options of its own), sync or async.
     Options are :class:`FetchOptions` fields as keywords (or ``options=``).
     ``transport``: any ``httpx.AsyncBaseTransport`` instead of the built-in client, e.g.
     ``httpx.MockTransport(respx_router.async_handler)`` in tests.
@@ -146,6 +147,7 @@ class _Engine:
     def __init__(self, options: FetchOptions, transport: httpx.AsyncBaseTransport | None, skip: SkipCheck | None):
         self._options = options
         self._builder = SpecBuilder(options)
+        self._shaped_builders: dict[RequestShape, SpecBuilder] = {}
         self._own_transport = transport is None
         self._transport: httpx.AsyncBaseTransport = transport if transport is not None else Client(options)
         self._saver = BodySaver(options.save_dir) if options.save_dir is not None else None
@@ -228,8 +230,13 @@ class _Engine:
         for task in list(self._tasks):
             task.cancel()
 
+    def _builder_for(self, shape: RequestShape) -> SpecBuilder:
+        builder = self._shaped_builders.get(shape)
+        if builder is None:
+            builder = self._shaped_builders[shape] = SpecBuilder(shape.apply(self._options))
+        return builder
+
     async def _feed(self, requests: Iterable[RequestItem] | AsyncIterable[RequestItem]) -> None:
-        builder = self._builder
         scheduler = self._scheduler
         skip = self._skip
         seen = self._seen
@@ -237,7 +244,13 @@ class _Engine:
         concurrency = self._options.concurrency
         index = 0
         try:
-            async for item in _each(requests):
+            async for given in _each(requests):
+                if isinstance(given, ShapedLine):
+                    builder = self._builder_for(given.shape)
+                    item: str | Mapping[str, Any] = given.line
+                else:
+                    builder = self._builder
+                    item = given
                 if isinstance(item, str):
                     line = item.strip()
                     if line.startswith("\ufeff"):

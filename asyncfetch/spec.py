@@ -11,14 +11,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
 from asyncfetch.decode import ACCEPT_ENCODING
 from asyncfetch.errors import ErrorKind, Failure
-from asyncfetch.options import FetchOptions
+from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID, Record
 
 _REQUEST_KEYS = frozenset({"url", "method", "headers", "body", "json", "timeout", "id"})
@@ -43,6 +43,38 @@ class RequestSpec:
     body: bytes | None = None
     timeout: float | None = None
     id: Any = NO_ID
+
+
+@dataclass(frozen=True, slots=True)
+class RequestShape:
+    """The request options of the command line (-X, -H, -d, -A) as a value that can travel.
+
+    Lines taken from a queue carry the options they were enqueued with (:class:`ShapedLine`),
+    so a worker builds them exactly as the one-machine command would have.
+    """
+
+    method: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    data: bytes | None = None
+    user_agent: str | None = None
+
+    def apply(self, options: FetchOptions) -> FetchOptions:
+        """``options`` with these request options in place of its own."""
+        return replace(
+            options,
+            method=self.method,
+            headers=self.headers,
+            data=self.data,
+            user_agent=self.user_agent or DEFAULT_USER_AGENT,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShapedLine:
+    """An input line with request options of its own (see :class:`RequestShape`)."""
+
+    line: str
+    shape: RequestShape
 
 
 class InvalidRequest(Exception):

@@ -7,23 +7,21 @@ statuses. The Redis URL is never printed with its password.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import typer
 
 from asyncfetch.cli import params as p
-from asyncfetch.cli.app import UsageError, app, build_options, env_lines
+from asyncfetch.cli.app import UsageError, app, build_options
 from asyncfetch.cli.runner import ExitStatus, RunControl, open_output, run_loop
-from asyncfetch.dedupe import SeenSet
-from asyncfetch.options import parse_header
 from asyncfetch.resume import cut_torn_tail
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import STDIN, InputError, LineReader, check_inputs
+from asyncfetch.spec import RequestShape
 from asyncfetch.stats import RunStats
 
 ClaimAfter = Annotated[
@@ -83,6 +81,17 @@ def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redi
     return run_loop(guarded)
 
 
+Trim = Annotated[
+    bool,
+    typer.Option(
+        "--trim",
+        envvar=p.env("TRIM"),
+        help="Delete records from Redis once written (a single collector of a big queue).",
+        rich_help_panel=p.QUEUE,
+    ),
+]
+
+
 @app.command("enqueue", help="Put requests on a Redis queue, in the same input formats (INPUT, '-' or stdin).")
 def enqueue_command(
     inputs: p.Inputs = None,
@@ -102,27 +111,28 @@ def enqueue_command(
         raise UsageError("no INPUT given and standard input is a terminal")
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be 1 or more, not {chunk_size}")
+    request_options = build_options(method=method, header=header, data=data, user_agent=user_agent)
+    shape = RequestShape(
+        method=request_options.method,
+        headers=request_options.headers,
+        data=request_options.data,
+        user_agent=user_agent if user_agent != p.DEFAULT_UA else None,
+    )
     try:
         check_inputs(paths)
-        body = build_options(data=data).data
-        shape = distributed.RequestShape(
-            method=method.upper() if method else None,
-            headers=tuple(parse_header(text) for text in (header or env_lines(p.env("HEADER")))),
-            data=body.decode("utf-8") if body is not None else None,
-            user_agent=user_agent if user_agent != p.DEFAULT_UA else None,
-        )
-    except UnicodeDecodeError:
-        raise UsageError("--data for a queue must be UTF-8 text") from None
-    except (ValueError, InputError) as exc:
+    except InputError as exc:
         raise UsageError(str(exc)) from None
 
     async def main(control: RunControl) -> int:
         client = distributed.connect(redis_url)
         try:
-            lines = LineReader(paths)
-            source = _distinct(lines) if dedupe else lines
             queued = await distributed.enqueue(
-                client, distributed.QueueKeys(queue), source, shape=shape, chunk_size=chunk_size
+                client,
+                distributed.QueueKeys(queue),
+                LineReader(paths),
+                shape=shape,
+                chunk_size=chunk_size,
+                dedupe=dedupe,
             )
         finally:
             await client.aclose()
@@ -130,13 +140,6 @@ def enqueue_command(
         return ExitStatus.OK
 
     return _run_with_redis(main, redis_url)
-
-
-async def _distinct(lines: LineReader) -> AsyncIterator[str]:
-    seen = SeenSet()
-    async for line in lines:
-        if seen.add(line):
-            yield line
 
 
 @app.command("work", help="Fetch requests from a Redis queue with the usual engine; run one per machine.")
@@ -217,6 +220,7 @@ def collect_command(
     queue: p.QueueName = "default",
     output: p.Output = None,
     follow_queue: FollowQueue = False,
+    trim: Trim = False,
     fail: p.Fail = False,
     summary: p.Summary = None,
     quiet: p.Quiet = False,
@@ -248,17 +252,16 @@ def collect_command(
 
         client = distributed.connect(redis_url)
         try:
-            collecting = asyncio.ensure_future(
-                distributed.collect(client, distributed.QueueKeys(queue), write, written=written, follow=follow_queue)
+            await distributed.collect(
+                client,
+                distributed.QueueKeys(queue),
+                write,
+                written=written,
+                follow=follow_queue,
+                trim=trim,
+                flush=writer.flush,
+                stop=control.stop,
             )
-            stopped = asyncio.ensure_future(control.stop.wait())
-            await asyncio.wait([collecting, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not collecting.done():
-                collecting.cancel()
-            await asyncio.gather(collecting, return_exceptions=True)
-            if collecting.done() and not collecting.cancelled() and collecting.exception() is not None:
-                raise collecting.exception()  # type: ignore[misc]
         finally:
             writer.flush()
             if output is not None:
