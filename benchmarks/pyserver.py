@@ -1,0 +1,174 @@
+"""A small HTTP/1.1 server in pure asyncio: the benchmarks' fallback where nginx is missing.
+
+    python benchmarks/pyserver.py --port 8097
+
+Same endpoints as benchmarks/nginx.conf: /ok, /sleep/MS, /bytes/1k, /bytes/100k, /bytes/1m and
+/server_status (nginx stub_status format). Keep-alive, one request at a time per connection
+(pipelined requests wait their turn), GET/HEAD only, bodies of requests are skipped. It is one
+Python process on one event loop (uvloop when importable), so on /ok it is much slower than
+nginx: on that workload it measures the server as much as the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from typing import cast
+
+_MAX_HEAD = 64 * 1024
+_BYTES = {b"1k": os.urandom(1024), b"100k": os.urandom(100 * 1024), b"1m": os.urandom(1024 * 1024)}
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+
+
+class Counters:
+    """What /server_status reports."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.active = 0
+        self.requests = 0
+
+    def status_page(self) -> bytes:
+        return (
+            f"Active connections: {self.active} \nserver accepts handled requests\n"
+            f" {self.accepted} {self.accepted} {self.requests} \nReading: 0 Writing: 1 Waiting: 0 \n"
+        ).encode()
+
+
+def response(status: int, body: bytes, *, keep_alive: bool, head_only: bool = False) -> bytes:
+    head = (
+        b"HTTP/1.1 %d %s\r\nServer: asyncfetch-bench\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        b"Connection: %s\r\n\r\n"
+        % (
+            status,
+            _REASONS[status],
+            b"application/octet-stream" if len(body) >= 1024 else b"text/plain",
+            len(body),
+            b"keep-alive" if keep_alive else b"close",
+        )
+    )
+    return head if head_only else head + body
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse a request head, answer, repeat."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiting = False  # a /sleep answer is pending: later requests wait
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        self.counters.accepted += 1
+        self.counters.active += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.counters.active -= 1
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.waiting:
+            self.serve_buffered()
+
+    def serve_buffered(self) -> None:
+        while self.transport is not None and not self.waiting:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > _MAX_HEAD:
+                    self.transport.write(response(400, b"head too large\n", keep_alive=False))
+                    self.transport.close()
+                return
+            head = bytes(self.buffer[:end]).decode("latin-1")
+            lines = head.split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip().lower()
+            body_length = int(headers.get("content-length", "0") or "0")
+            if len(self.buffer) < end + 4 + body_length:
+                return  # the request body is still arriving
+            del self.buffer[: end + 4 + body_length]
+            self.counters.requests += 1
+            self.answer(lines[0], headers)
+
+    def answer(self, request_line: str, headers: dict[str, str]) -> None:
+        assert self.transport is not None
+        parts = request_line.split(" ")
+        if len(parts) != 3:
+            self.transport.write(response(400, b"bad request line\n", keep_alive=False))
+            self.transport.close()
+            return
+        method, target, version = parts
+        connection = headers.get("connection", "")
+        keep_alive = "close" not in connection if version == "HTTP/1.1" else "keep-alive" in connection
+        head_only = method == "HEAD"
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            status, body = 405, b"method not allowed\n"
+        elif path == "/ok":
+            status, body = 200, b"ok\n"
+        elif path == "/server_status":
+            status, body = 200, self.counters.status_page()
+        elif path.startswith("/bytes/") and path[7:].encode() in _BYTES:
+            status, body = 200, _BYTES[path[7:].encode()]
+        elif path.startswith("/sleep/") and path[7:].isdigit():
+            millis = int(path[7:])
+            self.waiting = True
+            self.timer = asyncio.get_running_loop().call_later(
+                millis / 1000, self.wake, f"slept {millis / 1000:.3f}\n".encode(), keep_alive, head_only
+            )
+            return
+        else:
+            status, body = 404, b"not found\n"
+        self.send(status, body, keep_alive=keep_alive, head_only=head_only)
+
+    def wake(self, body: bytes, keep_alive: bool, head_only: bool) -> None:
+        self.timer = None
+        self.waiting = False
+        if self.transport is None:
+            return
+        self.send(200, body, keep_alive=keep_alive, head_only=head_only)
+        self.serve_buffered()
+
+    def send(self, status: int, body: bytes, *, keep_alive: bool, head_only: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(response(status, body, keep_alive=keep_alive, head_only=head_only))
+        if not keep_alive:
+            self.transport.close()
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    counters = Counters()
+    server = await loop.create_server(lambda: Connection(counters), host, port, backlog=4096, reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"pyserver: listening on http://{host}:{port}", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.host, args.port))
+    else:
+        uvloop.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
