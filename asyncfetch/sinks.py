@@ -22,7 +22,9 @@ class LineWriter:
     """Batches lines within a loop turn and writes them to ``fd`` with a single syscall each turn."""
 
     def __init__(self, fd: int, *, on_closed: Callable[[], None] | None = None) -> None:
+        """Made inside the running loop it writes for."""
         self._fd = fd
+        self._loop = asyncio.get_running_loop()
         self._pending: list[bytes] = []
         self._scheduled = False
         self._on_closed = on_closed
@@ -43,10 +45,9 @@ class LineWriter:
             return
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=self._wait_for_hangup, args=(loop,), name="asyncfetch-stdout", daemon=True).start()
+        threading.Thread(target=self._wait_for_hangup, name="asyncfetch-stdout", daemon=True).start()
 
-    def _wait_for_hangup(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _wait_for_hangup(self) -> None:
         poller = select.poll()
         poller.register(self._fd, 0)  # no event asked for: poll() returns on error or hang-up only
         while True:
@@ -56,7 +57,7 @@ class LineWriter:
             if any(flags & select.POLLNVAL for _, flags in events):
                 return  # the descriptor was closed: the run is over
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to stop
-            loop.call_soon_threadsafe(self._reader_gone)
+            self._loop.call_soon_threadsafe(self._reader_gone)
 
     def _reader_gone(self) -> None:
         if self._on_closed is not None:
@@ -72,7 +73,7 @@ class LineWriter:
         self._pending.append(line)
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every queued line now; a failure is kept in :attr:`error`."""

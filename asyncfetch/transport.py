@@ -119,8 +119,9 @@ def _ip_literal(host: str) -> tuple[int, str] | None:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: sends a request, parses its response as bytes arrive."""
 
-    def __init__(self, origin: Origin) -> None:
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
+        self._loop = loop  # kept: asyncio.get_running_loop() costs a getpid() system call
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reused = False
@@ -233,7 +234,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -433,7 +434,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                 for family, address in addresses:
                     try:
                         _, connection = await loop.create_connection(
-                            lambda: _Connection(origin),
+                            lambda: _Connection(origin, loop),
                             address,
                             origin.port,
                             family=family,
