@@ -386,6 +386,15 @@ def test_version_prints_the_version_and_exits_0() -> None:
         assert result.stdout == f"asyncfetch {asyncfetch.__version__}\n".encode()
 
 
+@pytest.mark.parametrize("command", [[], ["fetch"], ["enqueue"], ["work"], ["collect"], ["status"]])
+def test_every_command_shows_its_help(command: list[str]) -> None:
+    """--help of the tool and of each command prints help on stdout and exits 0 (no markup error)."""
+    result = run_cli(*command, "--help", timeout=30, env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    assert b"Usage:" in result.stdout
+    assert b"Traceback" not in result.stderr
+
+
 def test_version_answers_without_loading_typer_rich_or_httpx() -> None:
     """--version alone takes the fast path: typer, rich and httpx are never imported."""
     probe = (

@@ -11,9 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from asyncfetch.cli import params as p
 from asyncfetch.cli.app import UsageError, app, build_options
@@ -23,40 +21,6 @@ from asyncfetch.sinks import LineWriter
 from asyncfetch.source import STDIN, InputError, LineReader, check_inputs
 from asyncfetch.spec import RequestShape
 from asyncfetch.stats import RunStats
-
-ClaimAfter = Annotated[
-    float,
-    typer.Option(
-        "--claim-after",
-        envvar=p.env("CLAIM_AFTER"),
-        help="Seconds a worker may stay silent before others take over its chunks.",
-        rich_help_panel=p.QUEUE,
-    ),
-]
-Burst = Annotated[
-    bool,
-    typer.Option(
-        "--burst", envvar=p.env("BURST"), help="Exit once the queue has nothing left.", rich_help_panel=p.QUEUE
-    ),
-]
-WorkerName = Annotated[
-    str | None,
-    typer.Option("--name", envvar=p.env("WORKER_NAME"), help="Worker name; default HOST-PID.", rich_help_panel=p.QUEUE),
-]
-ChunkSize = Annotated[
-    int,
-    typer.Option("--chunk-size", envvar=p.env("CHUNK_SIZE"), help="Requests per queue entry.", rich_help_panel=p.QUEUE),
-]
-FollowQueue = Annotated[
-    bool,
-    typer.Option(
-        "--follow",
-        "-f",
-        envvar=p.env("COLLECT_FOLLOW"),
-        help="Keep collecting until every queued request has its record.",
-        rich_help_panel=p.QUEUE,
-    ),
-]
 
 
 def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redis_url: str) -> int:
@@ -81,17 +45,6 @@ def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redi
     return run_loop(guarded)
 
 
-Trim = Annotated[
-    bool,
-    typer.Option(
-        "--trim",
-        envvar=p.env("TRIM"),
-        help="Delete records from Redis once written (a single collector of a big queue).",
-        rich_help_panel=p.QUEUE,
-    ),
-]
-
-
 @app.command("enqueue", help="Put requests on a Redis queue, in the same input formats (INPUT, '-' or stdin).")
 def enqueue_command(
     inputs: p.Inputs = None,
@@ -102,7 +55,7 @@ def enqueue_command(
     data: p.Data = None,
     user_agent: p.UserAgent = p.DEFAULT_UA,
     dedupe: p.Dedupe = False,
-    chunk_size: ChunkSize = 500,
+    chunk_size: p.ChunkSize = 500,
 ) -> int:
     from asyncfetch import distributed
 
@@ -146,9 +99,9 @@ def enqueue_command(
 def work_command(
     redis_url: p.RedisUrl = p.DEFAULT_REDIS,
     queue: p.QueueName = "default",
-    name: WorkerName = None,
-    claim_after: ClaimAfter = 60.0,
-    burst: Burst = False,
+    name: p.WorkerName = None,
+    claim_after: p.ClaimAfter = 60.0,
+    burst: p.Burst = False,
     concurrency: p.Concurrency = 50,
     per_host: p.PerHost = 0,
     rate: p.Rate = None,
@@ -219,8 +172,8 @@ def collect_command(
     redis_url: p.RedisUrl = p.DEFAULT_REDIS,
     queue: p.QueueName = "default",
     output: p.Output = None,
-    follow_queue: FollowQueue = False,
-    trim: Trim = False,
+    follow_queue: p.FollowQueue = False,
+    trim: p.Trim = False,
     fail: p.Fail = False,
     summary: p.Summary = None,
     quiet: p.Quiet = False,

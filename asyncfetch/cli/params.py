@@ -169,10 +169,46 @@ Quiet = Annotated[bool, _option("--quiet", "-q", var="QUIET", help="Neither prog
 RedisUrl = Annotated[
     str,
     _option(
-        "--redis", var="REDIS", help="Redis URL: redis://[:password@]host[:port][/db], rediss:// for TLS.", panel=QUEUE
+        "--redis",
+        var="REDIS",
+        help="Redis URL: redis://:PASSWORD@HOST:PORT/DB (password, port and db optional); rediss:// for TLS.",
+        panel=QUEUE,
     ),
 ]
 QueueName = Annotated[
     str, _option("--queue", var="QUEUE", help="Queue name (several can share one Redis).", panel=QUEUE)
 ]
 DEFAULT_REDIS = "redis://localhost:6379/0"
+WorkerName = Annotated[
+    str | None, _option("--name", var="WORKER_NAME", help="Worker name; default HOST-PID.", panel=QUEUE)
+]
+ClaimAfter = Annotated[
+    float,
+    _option(
+        "--claim-after",
+        var="CLAIM_AFTER",
+        help="Seconds a worker may stay silent before others take over its chunks.",
+        panel=QUEUE,
+    ),
+]
+Burst = Annotated[bool, _option("--burst", var="BURST", help="Exit once the queue has nothing left.", panel=QUEUE)]
+ChunkSize = Annotated[int, _option("--chunk-size", var="CHUNK_SIZE", help="Requests per queue entry.", panel=QUEUE)]
+FollowQueue = Annotated[
+    bool,
+    _option(
+        "--follow",
+        "-f",
+        var="COLLECT_FOLLOW",
+        help="Keep collecting until every queued request has its record.",
+        panel=QUEUE,
+    ),
+]
+Trim = Annotated[
+    bool,
+    _option(
+        "--trim",
+        var="TRIM",
+        help="Delete records from Redis once written (a single collector of a big queue).",
+        panel=QUEUE,
+    ),
+]

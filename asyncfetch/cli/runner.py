@@ -100,8 +100,8 @@ def _keep_freed_heap() -> None:
     """Ask glibc to keep up to 8 MB of freed heap instead of handing it back at once.
 
     By default it returns memory to the system whenever 128 KB lie free at the top of the heap,
-    so every body of ~100 KB is mapped back in page by page: 3 to 4 times the page faults, up to
-    a quarter of the client's CPU on a list of 100 KB files. Peak memory does not change.
+    so every body of ~100 KB is mapped back in page by page: 4 times the page faults on a list
+    of 100 KB files (32,000 against 7,000 for 2,000 bodies here). Peak memory does not change.
     """
     if sys.platform != "linux":
         return
