@@ -59,6 +59,8 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
+from asyncfetch.sinks import write_all
+
 # Directories under the host directory, at most; deeper URLs are folded (see the docstring).
 MAX_DEPTH = 32
 # Room kept in each name for a collision suffix (``-N``) and in PATH_MAX for the same per level.
@@ -136,9 +138,9 @@ class BodyFile:
             return
         fd = self._open()
         if buffer:
-            _write_all(fd, buffer)
+            write_all(fd, buffer)
             buffer.clear()
-        _write_all(fd, data)
+        write_all(fd, data)
 
     def commit(self) -> str:
         """Give the complete body its final name (never replacing a file); return its path."""
@@ -147,7 +149,7 @@ class BodyFile:
         try:
             fd = self._open()
             if self._buffer:
-                _write_all(fd, self._buffer)
+                write_all(fd, self._buffer)
                 self._buffer = bytearray()
             directory = self._directory
             assert directory is not None
@@ -503,14 +505,6 @@ def _enter(parent: int, planned: str) -> tuple[str, int]:
                 continue
             raise
     raise FileExistsError(errno.EEXIST, "no usable directory name", planned)
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    written = os.write(fd, data)
-    if written < len(data):
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 def _limit(fd: int, name: str, default: int) -> int:

@@ -93,7 +93,7 @@ class LineWriter:
         self.lines_written += count
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | bytearray) -> None:
     """``os.write`` until every byte is out (a signal can cut a write short)."""
     view = memoryview(data)
     while view:
