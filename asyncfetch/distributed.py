@@ -55,6 +55,7 @@ from asyncfetch.dedupe import SeenSet
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
+from asyncfetch.source import request_line
 from asyncfetch.spec import InvalidRequest, RequestShape, ShapedLine, SpecBuilder
 
 GROUP = "workers"
@@ -246,8 +247,8 @@ async def enqueue(
         duplicates.clear()
 
     async for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = request_line(raw)
+        if line is None:
             continue
         if seen is not None and builder is not None and not seen.add(_dedupe_key(builder, line)):
             duplicates.append(len(batch))

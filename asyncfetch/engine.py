@@ -29,6 +29,7 @@ from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
 from asyncfetch.save import BodySaver
 from asyncfetch.scheduler import Scheduler
+from asyncfetch.source import request_line
 from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder
 from asyncfetch.worker import Worker, retry_delay
 
@@ -252,11 +253,10 @@ class _Engine:
                     builder = self._builder
                     item = given
                 if isinstance(item, str):
-                    line = item.strip()
-                    if line.startswith("\ufeff"):
-                        line = line[1:].strip()
-                    if not line or line.startswith("#"):
+                    cleaned = request_line(item)
+                    if cleaned is None:
                         continue
+                    line = cleaned
                 i = index
                 index += 1
                 self.requests_read = index

@@ -18,22 +18,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from asyncfetch.spec import RequestSpec
-
-HostKey = tuple[str, str, int]
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from asyncfetch.spec import Origin, RequestSpec, origin_of
 
 
-def host_key(spec: RequestSpec) -> HostKey:
+def host_key(spec: RequestSpec) -> Origin:
     """The host a request counts against: scheme, lower-case host and port."""
-    url = spec.target
-    return (url.scheme, url.raw_host.decode("ascii").lower(), url.port or _DEFAULT_PORTS[url.scheme])
+    return origin_of(spec.target)
 
 
 class _Host:
     __slots__ = ("active", "deferred", "key", "paused_until", "pending", "ready")
 
-    def __init__(self, key: HostKey) -> None:
+    def __init__(self, key: Origin) -> None:
         self.key = key
         self.active = 0  # requests running
         self.deferred = 0  # retries waiting out their backoff
@@ -69,7 +65,7 @@ class Scheduler:
         self._interval = 1.0 / rate if rate else 0.0
         self._clock = clock
         self._next_start = 0.0
-        self._hosts: dict[HostKey, _Host] = {}
+        self._hosts: dict[Origin, _Host] = {}
         self._ready: deque[_Host] = deque()
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()

@@ -40,12 +40,22 @@ def check_inputs(paths: Sequence[str]) -> None:
             raise InputError(f"cannot read {path}: permission denied")
 
 
+def request_line(text: str) -> str | None:
+    """``text`` as a request line: stripped, without a byte-order mark; None for a blank or ``#`` line."""
+    line = text.strip()
+    if line.startswith("\ufeff"):
+        line = line[1:].strip()
+    if not line or line[0] == "#":
+        return None
+    return line
+
+
 def clean_lines(data: bytes) -> list[str]:
-    """The request lines in ``data``: decoded, stripped, without blanks and ``#`` comments."""
+    """The request lines in ``data``, decoded (see :func:`request_line`)."""
     lines = []
     for raw in data.split(b"\n"):
-        line = raw.decode("utf-8", "replace").strip()
-        if line and line[0] != "#":
+        line = request_line(raw.decode("utf-8", "replace"))
+        if line is not None:
             lines.append(line)
     return lines
 

@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -26,6 +26,26 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _PORT_AFTER_HOST = re.compile(r"^\d+(?:[/?#]|$)")
 _HOST = re.compile(r"^[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Methods a server must treat the same whether they arrive once or twice: safe to send again.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+
+class Origin(NamedTuple):
+    """Where a request goes: scheme, host (IDNA, lower-case) and port. Connections and
+    ``--per-host`` limits are per origin."""
+
+    scheme: str
+    host: str
+    port: int
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """The origin a request to ``url`` is sent to."""
+    scheme = url.scheme
+    return Origin(scheme, url.raw_host.decode("ascii").lower(), url.port or DEFAULT_PORTS[scheme])
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,29 +22,15 @@ import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from typing import NamedTuple, cast
+from typing import cast
 
 import httptools
 import httpx
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+from asyncfetch.spec import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
+
 # Pause reading a connection when this much body is waiting for the reader.
 _HIGH_WATER = 512 * 1024
-_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-
-
-class Origin(NamedTuple):
-    """Where a connection goes: scheme, host (IDNA, lower-case) and port."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def origin_of(url: httpx.URL) -> Origin:
-    """The origin a request to ``url`` is sent to."""
-    scheme = url.scheme
-    return Origin(scheme, url.raw_host.decode("ascii").lower(), url.port or _DEFAULT_PORTS[scheme])
 
 
 class Resolver:
@@ -331,7 +317,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
     # -- httpx.AsyncBaseTransport ----------------------------------------------------------
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         scheme = request.url.scheme
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         origin = origin_of(request.url)
         head = _serialize_head(request)
@@ -352,7 +338,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                 self._discard(connection)
                 # A kept-alive connection the server closed just as we reused it: nothing of
                 # the request was answered, so an idempotent request goes again on a new one.
-                if connection.reused and not connection.got_bytes and request.method in _IDEMPOTENT:
+                if connection.reused and not connection.got_bytes and request.method in IDEMPOTENT_METHODS:
                     connection = await self._open(origin)
                     continue
                 raise

@@ -25,11 +25,10 @@ from asyncfetch.errors import ErrorKind, FetchError, classify
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record, Redirect, iso_utc
 from asyncfetch.save import BodyFile, BodySaver, SaveError
-from asyncfetch.spec import RequestSpec, wire_headers
+from asyncfetch.spec import IDEMPOTENT_METHODS, RequestSpec, wire_headers
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 # Errors raised before any byte of the request left this machine: safe to retry any method.
 _NOT_SENT = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS})
 # A redirect's own body is read (to keep the connection) only up to this much.
@@ -229,7 +228,7 @@ def retry_delay(outcome: Outcome, attempts: int, options: FetchOptions) -> float
     elif record.status not in _RETRY_STATUSES:
         return None
     # A request that may have reached the server goes again only if doing so is harmless.
-    if record.method not in _IDEMPOTENT and not outcome.not_sent:
+    if record.method not in IDEMPOTENT_METHODS and not outcome.not_sent:
         return None
     if outcome.retry_after is not None:
         return min(outcome.retry_after, options.max_retry_wait)

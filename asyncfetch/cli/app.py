@@ -141,10 +141,7 @@ def fetch_command(
         dedupe=dedupe,
         ordered=ordered,
     )
-    try:
-        check_inputs(paths)
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
+    require_readable(paths)
     if output is not None and output.is_dir():
         raise UsageError(f"--output {output}: is a directory")
     shown = p.display_choice(progress=progress, summary=summary, quiet=quiet, records_on_stdout=output is None)
@@ -164,6 +161,14 @@ def require_input(paths: list[str]) -> None:
     """A usage error when standard input is to be read but is a terminal (never wait on one)."""
     if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
         raise UsageError("no INPUT given and standard input is a terminal")
+
+
+def require_readable(paths: list[str]) -> None:
+    """A usage error naming the first INPUT that cannot be read."""
+    try:
+        check_inputs(paths)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def build_options(

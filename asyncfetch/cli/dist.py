@@ -14,11 +14,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asyncfetch.cli import params as p
-from asyncfetch.cli.app import UsageError, app, build_options
+from asyncfetch.cli.app import UsageError, app, build_options, require_input, require_readable
 from asyncfetch.cli.runner import ExitStatus, RunControl, open_output, run_loop
 from asyncfetch.resume import cut_torn_tail
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import STDIN, InputError, LineReader, check_inputs
+from asyncfetch.source import LineReader
 from asyncfetch.spec import RequestShape
 from asyncfetch.stats import RunStats
 
@@ -60,8 +60,7 @@ def enqueue_command(
     from asyncfetch import distributed
 
     paths = list(inputs or [])
-    if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
-        raise UsageError("no INPUT given and standard input is a terminal")
+    require_input(paths)
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be 1 or more, not {chunk_size}")
     request_options = build_options(method=method, header=header, data=data, user_agent=user_agent)
@@ -71,10 +70,7 @@ def enqueue_command(
         data=request_options.data,
         user_agent=user_agent if user_agent != p.DEFAULT_UA else None,
     )
-    try:
-        check_inputs(paths)
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
+    require_readable(paths)
 
     async def main(control: RunControl) -> int:
         client = distributed.connect(redis_url)
