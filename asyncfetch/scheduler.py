@@ -18,7 +18,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from asyncfetch.spec import Origin, RequestSpec, origin_of
+from asyncfetch.http import Origin, origin_of
+from asyncfetch.spec import RequestSpec
 
 
 def host_key(spec: RequestSpec) -> Origin:

@@ -12,12 +12,13 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 
 from asyncfetch.decode import ACCEPT_ENCODING
 from asyncfetch.errors import ErrorKind, Failure
+from asyncfetch.http import check_header, is_token, wire_headers
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID, Record
 
@@ -25,27 +26,6 @@ _REQUEST_KEYS = frozenset({"url", "method", "headers", "body", "json", "timeout"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 _PORT_AFTER_HOST = re.compile(r"^\d+(?:[/?#]|$)")
 _HOST = re.compile(r"^[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
-# Methods a server must treat the same whether they arrive once or twice: safe to send again.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-
-
-class Origin(NamedTuple):
-    """Where a request goes: scheme, host (IDNA, lower-case) and port. Connections and
-    ``--per-host`` limits are per origin."""
-
-    scheme: str
-    host: str
-    port: int
-
-
-def origin_of(url: httpx.URL) -> Origin:
-    """The origin a request to ``url`` is sent to."""
-    scheme = url.scheme
-    return Origin(scheme, url.raw_host.decode("ascii").lower(), url.port or DEFAULT_PORTS[scheme])
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +175,7 @@ class SpecBuilder:
             raise invalid("NaN and infinite numbers are not JSON")
         if not isinstance(url_value, str) or not url_value.strip():
             raise invalid("request object needs a 'url' string")
-        if method_value is not None and (not isinstance(method_value, str) or not _TOKEN.match(method_value)):
+        if method_value is not None and (not isinstance(method_value, str) or not is_token(method_value)):
             raise invalid(f"'method' must be an HTTP method name, not {method_value!r}")
         if "body" in value and "json" in value:
             raise invalid("request object has both 'body' and 'json': give one")
@@ -269,25 +249,6 @@ def _is_finite(value: Any) -> bool:
     return True
 
 
-def wire_headers(
-    url: httpx.URL, method: str, headers: tuple[tuple[bytes, bytes], ...], body: bytes | None
-) -> tuple[tuple[bytes, bytes], ...]:
-    """``headers`` completed with what HTTP/1.1 needs: ``Host`` (unless given) and ``Content-Length``.
-
-    Built once per request here, so that sending it is cheap (``httpx.Request(stream=...)``
-    takes headers as they are).
-    """
-    given = {name.lower() for name, _ in headers}
-    host = () if b"host" in given else ((b"Host", url.netloc),)
-    framing: tuple[tuple[bytes, bytes], ...] = ()
-    if b"content-length" not in given and b"transfer-encoding" not in given:
-        if body:
-            framing = ((b"Content-Length", str(len(body)).encode("ascii")),)
-        elif method in ("POST", "PUT", "PATCH"):
-            framing = ((b"Content-Length", b"0"),)
-    return host + headers + framing
-
-
 def _default_headers(options: FetchOptions) -> tuple[tuple[bytes, bytes], ...]:
     return (
         (b"User-Agent", options.user_agent.encode("latin-1", "replace")),
@@ -304,10 +265,7 @@ def _merge_headers(
         return base
     merged: dict[bytes, tuple[bytes, bytes]] = {name.lower(): (name, value) for name, value in base}
     for name, value in extra:
-        if not _TOKEN.match(name):
-            raise ValueError(f"invalid header name {name!r}")
-        if any(c in value for c in "\r\n\0"):
-            raise ValueError(f"header {name!r} has a line break or NUL in its value")
+        check_header(name, value)
         key = name.lower().encode("ascii")
         if value == "":
             merged.pop(key, None)

@@ -27,7 +27,7 @@ from typing import cast
 import httptools
 import httpx
 
-from asyncfetch.spec import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
+from asyncfetch.http import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
 
 # Pause reading a connection when this much body is waiting for the reader.
 _HIGH_WATER = 512 * 1024

@@ -22,10 +22,11 @@ import httpx
 
 from asyncfetch.decode import Decoder
 from asyncfetch.errors import ErrorKind, FetchError, classify
+from asyncfetch.http import IDEMPOTENT_METHODS, wire_headers
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record, Redirect, iso_utc
 from asyncfetch.save import BodyFile, BodySaver, SaveError
-from asyncfetch.spec import IDEMPOTENT_METHODS, RequestSpec, wire_headers
+from asyncfetch.spec import RequestSpec
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
