@@ -65,6 +65,9 @@ class FetchOptions:
     include_headers: bool = False
     include_body: bool = False
     save_dir: Path | None = None
+    timings: bool = False
+    tls: bool = False
+    fields: tuple[str, ...] | None = None
     dedupe: bool = False
     ordered: bool = False
     # Not a user knob: where the engine may hold requests it has read but not started.
@@ -89,8 +92,43 @@ class FetchOptions:
             raise ValueError(f"max-redirects must be 0 or more, not {self.max_redirects}")
         if self.max_size < 0:
             raise ValueError(f"max-size must be 0 or more bytes, not {self.max_size}")
+        if self.fields is not None:
+            given: object = self.fields
+            # "url,status" (as on the command line) and lists are taken too, kept as a tuple.
+            names = given.split(",") if isinstance(given, str) else list(self.fields)
+            object.__setattr__(self, "fields", tuple(name.strip() for name in names if name.strip()))
+            self._check_fields(self.fields)
         if self.method is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", self.method):
             raise ValueError(f"not an HTTP method: {self.method!r}")
+
+    def _check_fields(self, fields: tuple[str, ...]) -> None:
+        # Here, not at the top: options stays importable without httpx (the CLI's start-up).
+        from asyncfetch.record import RECORD_FIELDS
+
+        if not fields:
+            raise ValueError("fields must name at least one record field, e.g. url,status,sha256")
+        unknown = [name for name in fields if name not in RECORD_FIELDS]
+        if unknown:
+            raise ValueError(
+                f"unknown record field {', '.join(map(repr, unknown))}: choose from {', '.join(RECORD_FIELDS)}"
+            )
+        # A field that only an option fills would never appear: say so instead of silently dropping it.
+        needs = {
+            "headers": ("headers", self.include_headers),
+            "body": ("body", self.include_body),
+            "body_encoding": ("body", self.include_body),
+            "saved_to": ("save", self.save_dir is not None),
+            "timings": ("timings", self.timings),
+            "tls": ("tls", self.tls),
+        }
+        for name in fields:
+            if name in needs and not needs[name][1]:
+                raise ValueError(f"field {name!r} needs --{needs[name][0]}")
+
+    @property
+    def record_fields(self) -> frozenset[str] | None:
+        """The keys records keep (``fields``), as a set; None keeps them all."""
+        return frozenset(self.fields) if self.fields is not None else None
 
     @property
     def effective_connect_timeout(self) -> float:

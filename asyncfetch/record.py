@@ -21,6 +21,47 @@ class _NoId:
 
 NO_ID: Any = _NoId()
 
+
+class _NotAsked:
+    """Marks an optional field whose option is off: the key is left out (``None`` shows as null)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_ASKED"
+
+
+NOT_ASKED: Any = _NotAsked()
+
+# Every key a record can have, in the order they appear (``--fields`` chooses among them).
+RECORD_FIELDS = (
+    "url",
+    "index",
+    "id",
+    "input",
+    "method",
+    "status",
+    "ok",
+    "final_url",
+    "redirects",
+    "http_version",
+    "remote_ip",
+    "remote_port",
+    "content_type",
+    "size",
+    "sha256",
+    "elapsed_ms",
+    "attempts",
+    "error",
+    "fetched_at",
+    "headers",
+    "body",
+    "body_encoding",
+    "saved_to",
+    "timings",
+    "tls",
+)
+
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 
@@ -34,6 +75,26 @@ class Redirect:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Timings:
+    """Where the time of the last attempt went, in milliseconds (``--timings``).
+
+    ``dns``, ``connect`` and ``tls`` are those of the connection that gave the final response,
+    None when that phase did not happen (a reused connection, an IP address, plain HTTP, or a
+    failure before it); ``ttfb`` is from the request sent to the first byte of the response;
+    ``total`` is the whole attempt (``elapsed_ms``).
+    """
+
+    dns: float | None = None
+    connect: float | None = None
+    tls: float | None = None
+    ttfb: float | None = None
+    total: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"dns": self.dns, "connect": self.connect, "tls": self.tls, "ttfb": self.ttfb, "total": self.total}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Record:
     """The outcome of one request, field for field the contract's JSON record."""
 
@@ -41,10 +102,13 @@ class Record:
     index: int
     method: str
     id: Any = NO_ID
+    input: dict[str, str] | None = None
     status: int | None = None
     final_url: str | None = None
     redirects: tuple[Redirect, ...] = ()
     http_version: str | None = None
+    remote_ip: str | None = None
+    remote_port: int | None = None
     content_type: str | None = None
     size: int = 0
     sha256: str | None = None
@@ -56,6 +120,10 @@ class Record:
     body: str | None = None
     body_encoding: str | None = None
     saved_to: str | None = None
+    timings: Timings | None = None
+    tls: Any = NOT_ASKED  # with --tls: the facts of an HTTPS response, None for any other
+    # --fields: the keys this record's JSON keeps (None: all of them). Shared by every record.
+    fields: frozenset[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -67,12 +135,16 @@ class Record:
         out: dict[str, Any] = {"url": self.url, "index": self.index}
         if self.id is not NO_ID:
             out["id"] = self.id
+        if self.input is not None:
+            out["input"] = self.input
         out["method"] = self.method
         out["status"] = self.status
         out["ok"] = self.ok
         out["final_url"] = self.final_url
         out["redirects"] = [{"status": r.status, "url": r.url} for r in self.redirects]
         out["http_version"] = self.http_version
+        out["remote_ip"] = self.remote_ip
+        out["remote_port"] = self.remote_port
         out["content_type"] = self.content_type
         out["size"] = self.size
         out["sha256"] = self.sha256
@@ -89,6 +161,12 @@ class Record:
                 out["body_encoding"] = self.body_encoding
         if self.saved_to is not None:
             out["saved_to"] = self.saved_to
+        if self.timings is not None:
+            out["timings"] = self.timings.to_dict()
+        if self.tls is not NOT_ASKED:
+            out["tls"] = self.tls
+        if self.fields is not None:
+            return {key: value for key, value in out.items() if key in self.fields}
         return out
 
     def to_line(self) -> bytes:

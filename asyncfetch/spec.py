@@ -20,7 +20,7 @@ from asyncfetch.decode import ACCEPT_ENCODING
 from asyncfetch.errors import ErrorKind, Failure
 from asyncfetch.http import check_header, is_token, wire_headers
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
-from asyncfetch.record import NO_ID, Record
+from asyncfetch.record import NO_ID, NOT_ASKED, Record, Timings
 
 _REQUEST_KEYS = frozenset({"url", "method", "headers", "body", "json", "timeout", "id"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -132,6 +132,7 @@ class SpecBuilder:
         self._options = options
         self._plain_method = (options.method or ("POST" if options.data is not None else "GET")).upper()
         self._base_headers = _merge_headers(_default_headers(options), options.headers)
+        self._fields = options.record_fields
 
     def from_line(self, line: str, index: int) -> RequestSpec:
         """A spec from one stripped, non-blank, non-comment input line."""
@@ -221,10 +222,19 @@ class SpecBuilder:
             request_id,
         )
 
-    @staticmethod
-    def invalid_record(error: InvalidRequest, index: int) -> Record:
+    def invalid_record(self, error: InvalidRequest, index: int) -> Record:
         """The record of a line that is not a request."""
-        return Record(url=error.url, index=index, method=error.method, id=error.request_id, error=error.failure)
+        options = self._options
+        return Record(
+            url=error.url,
+            index=index,
+            method=error.method,
+            id=error.request_id,
+            error=error.failure,
+            timings=Timings() if options.timings else None,
+            tls=None if options.tls else NOT_ASKED,
+            fields=self._fields,
+        )
 
 
 def _reject_constant(name: str) -> float:

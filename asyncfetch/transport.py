@@ -32,6 +32,30 @@ from asyncfetch.http import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
 # Pause reading a connection when this much body is waiting for the reader.
 _HIGH_WATER = 512 * 1024
 
+# Request extension: a PhaseTimer the pool fills in (``--timings``); absent, nothing is timed.
+TIMER = "asyncfetch.timer"
+# Response extensions: the connection's peer ``(ip, port)``, and its ``ssl.SSLObject`` (or None).
+REMOTE = "asyncfetch.remote"
+SSL_OBJECT = "asyncfetch.ssl_object"
+
+
+class PhaseTimer:
+    """Where one request's time goes, filled in by the pool as each phase happens.
+
+    Durations (``dns``, ``connect``, ``tls``) are seconds and stay None for a phase that did
+    not happen on this request (a reused connection, an IP address, plain HTTP); ``sent`` and
+    ``first_byte`` are ``time.perf_counter()`` readings.
+    """
+
+    __slots__ = ("connect", "dns", "first_byte", "sent", "tls")
+
+    def __init__(self) -> None:
+        self.dns: float | None = None
+        self.connect: float | None = None
+        self.tls: float | None = None
+        self.sent: float | None = None
+        self.first_byte: float | None = None
+
 
 class Resolver:
     """getaddrinfo with a small time-bounded cache and one lookup in flight per host.
@@ -112,6 +136,9 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.remote: tuple[str, int] | None = None  # the peer, set by the pool once connected
+        self.ssl_object: object = None
+        self._timer: PhaseTimer | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reset()
@@ -141,7 +168,10 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for (a server talking out of turn): the stream is unusable.
             self.close()
             return
-        self.got_bytes = True
+        if not self.got_bytes:
+            self.got_bytes = True
+            if self._timer is not None:
+                self._timer.first_byte = time.perf_counter()
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -226,15 +256,18 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def send(self, head: bytes, body: bytes, *, is_head: bool) -> None:
+    async def send(self, head: bytes, body: bytes, *, is_head: bool, timer: PhaseTimer | None = None) -> None:
         """Write one request and wait until its response head has been parsed."""
         assert self.transport is not None
         if self.closed:
             raise httpx.RemoteProtocolError("connection closed before the request was sent")
         self._reset()
         self._head = is_head
+        self._timer = timer
         self._parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body if body else head)
+        if timer is not None:
+            timer.sent = time.perf_counter()
         while not self.headers_done:
             if self.error is not None:
                 raise self.error
@@ -326,20 +359,21 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:
             body = await request.aread()
         is_head = request.method == "HEAD"
+        timer: PhaseTimer | None = request.extensions.get(TIMER)
         connection = self._checkout(origin)
         if connection is None:
-            connection = await self._open(origin)
+            connection = await self._open(origin, timer)
         while True:
             self._active.add(connection)
             try:
-                await connection.send(head, body, is_head=is_head)
+                await connection.send(head, body, is_head=is_head, timer=timer)
                 break
             except httpx.TransportError:
                 self._discard(connection)
                 # A kept-alive connection the server closed just as we reused it: nothing of
                 # the request was answered, so an idempotent request goes again on a new one.
                 if connection.reused and not connection.got_bytes and request.method in IDEMPOTENT_METHODS:
-                    connection = await self._open(origin)
+                    connection = await self._open(origin, timer)
                     continue
                 raise
             except BaseException:
@@ -349,7 +383,11 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             connection.status,
             headers=connection.headers,
             stream=_ResponseBody(self, connection),
-            extensions={"http_version": connection.http_version.encode("ascii")},
+            extensions={
+                "http_version": connection.http_version.encode("ascii"),
+                REMOTE: connection.remote,
+                SSL_OBJECT: connection.ssl_object,
+            },
             request=request,
         )
 
@@ -403,7 +441,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self._active.discard(connection)
         connection.close()
 
-    async def _open(self, origin: Origin) -> _Connection:
+    async def _open(self, origin: Origin, timer: PhaseTimer | None = None) -> _Connection:
         # Room first: idle connections (to other hosts) give way, oldest first, so that open
         # connections stay within max_connections (file descriptors!) whenever they can.
         while self._idle_order and len(self._idle_order) + len(self._active) >= self._max_connections:
@@ -412,21 +450,29 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         context = self._tls_context() if origin.scheme == "https" else None
         try:
             async with asyncio.timeout(self._connect_timeout):
+                started = time.perf_counter() if timer is not None else 0.0
                 try:
                     addresses = await self._resolver.resolve(origin.host, origin.port)
                 except socket.gaierror as exc:
                     raise httpx.ConnectError(f"cannot resolve {origin.host}: {exc.strerror or exc}") from exc
+                if timer is not None:
+                    resolved = time.perf_counter()
+                    timer.dns = None if _ip_literal(origin.host) else resolved - started
+                    started = resolved  # connect time counts every address tried
                 last_error: OSError | None = None
                 for family, address in addresses:
                     try:
-                        _, connection = await loop.create_connection(
-                            lambda: _Connection(origin, loop),
-                            address,
-                            origin.port,
-                            family=family,
-                            ssl=context,
-                            server_hostname=origin.host if context is not None else None,
-                        )
+                        if timer is None:
+                            _, connection = await loop.create_connection(
+                                lambda: _Connection(origin, loop),
+                                address,
+                                origin.port,
+                                family=family,
+                                ssl=context,
+                                server_hostname=origin.host if context is not None else None,
+                            )
+                        else:
+                            connection = await _connect_timed(loop, origin, family, address, context, started, timer)
                     except ssl.SSLError as exc:
                         raise httpx.ConnectError(f"TLS handshake with {origin.host} failed: {exc}") from exc
                     except ssl.CertificateError as exc:
@@ -435,6 +481,9 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                         last_error = exc
                         continue
                     self.connections_opened += 1
+                    connection.remote = (address, origin.port)
+                    if context is not None and connection.transport is not None:
+                        connection.ssl_object = connection.transport.get_extra_info("ssl_object")
                     return connection
                 detail = last_error.strerror if last_error is not None and last_error.strerror else last_error
                 raise httpx.ConnectError(f"cannot connect to {origin.host}:{origin.port}: {detail}") from last_error
@@ -447,6 +496,35 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         if self._ssl_context is None:
             self._ssl_context = tls_context(verify=self._verify, alpn=["http/1.1"])
         return self._ssl_context
+
+
+async def _connect_timed(
+    loop: asyncio.AbstractEventLoop,
+    origin: Origin,
+    family: int,
+    address: str,
+    context: ssl.SSLContext | None,
+    started: float,
+    timer: PhaseTimer,
+) -> _Connection:
+    """Connect as ``_open`` does, in two steps (TCP, then TLS) so that each can be timed."""
+    transport, connection = await loop.create_connection(
+        lambda: _Connection(origin, loop), address, origin.port, family=family
+    )
+    connected = time.perf_counter()
+    timer.connect = connected - started
+    if context is None:
+        return connection
+    try:
+        secure = await loop.start_tls(transport, connection, context, server_hostname=origin.host)
+    except BaseException:
+        transport.abort()
+        raise
+    if secure is None:  # only when the transport closed under us
+        raise ConnectionResetError("connection closed during the TLS handshake")
+    connection.transport = secure
+    timer.tls = time.perf_counter() - connected
+    return connection
 
 
 def tls_context(*, verify: bool, alpn: list[str]) -> ssl.SSLContext:

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -24,9 +25,10 @@ from asyncfetch.decode import Decoder
 from asyncfetch.errors import ErrorKind, FetchError, classify
 from asyncfetch.http import IDEMPOTENT_METHODS, wire_headers
 from asyncfetch.options import FetchOptions
-from asyncfetch.record import Record, Redirect, iso_utc
+from asyncfetch.record import NOT_ASKED, Record, Redirect, Timings, iso_utc
 from asyncfetch.save import BodyFile, BodySaver, SaveError
 from asyncfetch.spec import RequestSpec
+from asyncfetch.transport import REMOTE, SSL_OBJECT, TIMER, PhaseTimer
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -51,6 +53,9 @@ class _Progress:
     body_encoding: str | None = None
     saved_to: str | None = None
     retry_after: float | None = None
+    remote: tuple[str, int] | None = None
+    ssl_object: Any = None
+    timer: PhaseTimer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class Worker:
         self._options = options
         self._transport = transport
         self._saver = saver
+        self._fields = options.record_fields
 
     async def attempt(self, spec: RequestSpec, attempts: int) -> Outcome:
         """Make attempt number ``attempts`` at ``spec``; failures are returned, never raised."""
@@ -88,6 +94,9 @@ class Worker:
             not_sent = error.kind in _NOT_SENT or isinstance(exc, httpx.ConnectTimeout)
             progress.sha256 = None
             progress.saved_to = None
+        elapsed_ms = round((time.perf_counter() - clock) * 1000, 3)
+        options = self._options
+        remote = progress.remote
         record = Record(
             url=spec.url,
             index=spec.index,
@@ -97,10 +106,12 @@ class Worker:
             final_url=str(progress.url) if progress.status is not None else None,
             redirects=tuple(redirects),
             http_version=progress.http_version,
+            remote_ip=remote[0] if remote is not None else None,
+            remote_port=remote[1] if remote is not None else None,
             content_type=progress.content_type,
             size=progress.size,
             sha256=progress.sha256,
-            elapsed_ms=round((time.perf_counter() - clock) * 1000, 3),
+            elapsed_ms=elapsed_ms,
             attempts=attempts,
             error=failure,
             fetched_at=iso_utc(started),
@@ -108,6 +119,9 @@ class Worker:
             body=progress.body,
             body_encoding=progress.body_encoding,
             saved_to=progress.saved_to,
+            timings=_timings(progress.timer, elapsed_ms) if options.timings else None,
+            tls=_tls(progress.ssl_object) if options.tls else NOT_ASKED,
+            fields=self._fields,
         )
         return Outcome(record, progress.retry_after, not_sent)
 
@@ -116,10 +130,16 @@ class Worker:
         method, url, headers, body = spec.method, spec.target, spec.headers, spec.body
         while True:
             progress.status = None  # until this hop answers: a failed hop has no status of its own
+            progress.remote = progress.ssl_object = None
             request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(body or b""))
             request.read()  # a ByteStream: makes ``request.content`` available to every transport
+            if options.timings:
+                # Each hop is timed afresh: the record shows the phases of the final response.
+                progress.timer = PhaseTimer()
+                request.extensions = {**request.extensions, TIMER: progress.timer}
             response = await self._transport.handle_async_request(request)
             try:
+                progress.remote, progress.ssl_object = _connection_facts(response)
                 status = response.status_code
                 progress.url = url
                 progress.status = status
@@ -256,6 +276,40 @@ class _ResponseFields:
                 self.location = value
             elif name == "retry-after":
                 self.retry_after = value
+
+
+def _connection_facts(response: httpx.Response) -> tuple[tuple[str, int] | None, Any]:
+    """The peer ``(ip, port)`` and the ``SSLObject`` of the connection that gave ``response``."""
+    extensions = response.extensions
+    if REMOTE in extensions:  # our pool
+        return extensions[REMOTE], extensions[SSL_OBJECT]
+    stream = extensions.get("network_stream")  # httpx's transports (HTTP/2, proxies): httpcore's stream
+    if stream is None:
+        return None, None
+    peer = stream.get_extra_info("server_addr")
+    remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+    return remote, stream.get_extra_info("ssl_object")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _timings(timer: PhaseTimer | None, total_ms: float) -> Timings:
+    if timer is None:
+        return Timings(total=total_ms)
+    ttfb = None
+    if timer.sent is not None and timer.first_byte is not None:
+        ttfb = _ms(max(0.0, timer.first_byte - timer.sent))
+    return Timings(dns=_ms(timer.dns), connect=_ms(timer.connect), tls=_ms(timer.tls), ttfb=ttfb, total=total_ms)
+
+
+def _tls(ssl_object: Any) -> dict[str, Any] | None:
+    if ssl_object is None:
+        return None
+    from asyncfetch.tlsfacts import describe
+
+    return describe(ssl_object)
 
 
 def _raw_stream(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -65,6 +65,19 @@ async def test_http2_is_negotiated_with_a_server_that_offers_it(h2_server: str, 
     assert record.body == "2"
 
 
+async def test_an_http2_response_has_its_remote_address_and_tls_facts(h2_server: str, ca_file: Path) -> None:
+    """Responses through httpx's HTTP/2 transport name their peer and, with tls, their h2 ALPN."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(ca_file))
+        [record] = await collect([h2_server + "/x"], http2=True, tls=True, timings=True)
+    assert record.http_version == "HTTP/2"
+    assert record.remote_ip == "127.0.0.1"
+    assert record.remote_port == int(h2_server.rsplit(":", 1)[1])
+    assert record.tls["alpn"] == "h2"
+    assert record.timings is not None
+    assert record.timings.total == record.elapsed_ms
+
+
 async def test_without_http2_the_same_server_is_spoken_to_in_http_1_1(h2_server: str, ca_file: Path) -> None:
     """Without http2, HTTPS requests use HTTP/1.1 even when the server could do HTTP/2."""
     with pytest.MonkeyPatch.context() as patch:

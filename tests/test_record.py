@@ -27,6 +27,8 @@ _ALWAYS: dict[str, tuple[type, ...]] = {
     "final_url": (str, type(None)),
     "redirects": (list,),
     "http_version": (str, type(None)),
+    "remote_ip": (str, type(None)),
+    "remote_port": (int, type(None)),
     "content_type": (str, type(None)),
     "size": (int,),
     "sha256": (str, type(None)),
@@ -67,6 +69,8 @@ async def test_a_successful_record_has_every_field_with_its_type(server: TestSer
     assert fields["final_url"] == server.url("/ok")
     assert fields["redirects"] == []
     assert fields["http_version"] == "HTTP/1.1"
+    assert fields["remote_ip"] == "127.0.0.1"
+    assert fields["remote_port"] == server.port
     assert fields["content_type"] == "text/plain"
     assert fields["size"] == 3
     assert re.fullmatch(r"[0-9a-f]{64}", fields["sha256"])
