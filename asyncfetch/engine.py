@@ -30,10 +30,10 @@ from asyncfetch.record import Record
 from asyncfetch.save import BodySaver
 from asyncfetch.scheduler import Scheduler
 from asyncfetch.source import request_line
-from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder
+from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder, TableRow
 from asyncfetch.worker import Worker, retry_delay
 
-RequestItem = str | Mapping[str, Any] | ShapedLine
+RequestItem = str | Mapping[str, Any] | ShapedLine | TableRow
 SkipCheck = Callable[[int, str], bool]
 
 # Records waiting for the consumer before workers stop taking new requests.
@@ -248,7 +248,7 @@ class _Engine:
             async for given in _each(requests):
                 if isinstance(given, ShapedLine):
                     builder = self._builder_for(given.shape)
-                    item: str | Mapping[str, Any] = given.line
+                    item: str | Mapping[str, Any] | TableRow = given.line
                 else:
                     builder = self._builder
                     item = given
@@ -263,9 +263,13 @@ class _Engine:
                 if ordered and i >= self._next_index + self._window:
                     await self._window_space(i)
                 try:
-                    spec: RequestSpec = (
-                        builder.from_line(line, i) if isinstance(item, str) else builder.from_mapping(item, i)
-                    )
+                    spec: RequestSpec
+                    if isinstance(item, str):
+                        spec = builder.from_line(line, i)
+                    elif isinstance(item, TableRow):
+                        spec = builder.from_row(item, i)
+                    else:
+                        spec = builder.from_mapping(item, i)
                 except InvalidRequest as invalid:
                     if skip is not None and skip(i, invalid.url):
                         self.skipped += 1

@@ -43,6 +43,20 @@ class RequestSpec:
     body: bytes | None = None
     timeout: float | None = None
     id: Any = NO_ID
+    input: dict[str, str] | None = None  # the other columns of a CSV/TSV row
+
+
+@dataclass(frozen=True, slots=True)
+class TableRow:
+    """One row of CSV or TSV input: its URL cell, its other columns, or why it does not parse.
+
+    The columns are carried into the record as ``input``, so results join back to their data.
+    A row with a ``problem`` becomes an ``invalid_input`` record saying so.
+    """
+
+    url: str
+    input: dict[str, str] | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +94,21 @@ class ShapedLine:
 class InvalidRequest(Exception):
     """A line that is not a request; carries what its record shows."""
 
-    def __init__(self, kind: ErrorKind, message: str, url: str, method: str, request_id: Any = NO_ID) -> None:
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        url: str,
+        method: str,
+        request_id: Any = NO_ID,
+        input_columns: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.failure = Failure(kind, message)
         self.url = url
         self.method = method
         self.request_id = request_id
+        self.input = input_columns
 
 
 def with_default_scheme(text: str) -> str:
@@ -146,14 +169,25 @@ class SpecBuilder:
             if not isinstance(value, dict):
                 raise InvalidRequest(ErrorKind.INVALID_INPUT, "not a JSON object", line, self._plain_method)
             return self.from_mapping(value, index, raw=line)
-        url_text = with_default_scheme(line)
+        return self._from_url(line, index, None)
+
+    def from_row(self, row: TableRow, index: int) -> RequestSpec:
+        """A spec from a row of CSV/TSV input: its URL cell is a URL (never a JSON object)."""
+        if row.problem is not None:
+            raise InvalidRequest(ErrorKind.INVALID_INPUT, row.problem, row.url, self._plain_method, NO_ID, row.input)
+        return self._from_url(row.url.strip(), index, row.input)
+
+    def _from_url(self, text: str, index: int, columns: dict[str, str] | None) -> RequestSpec:
+        url_text = with_default_scheme(text)
         try:
             target = parse_url(url_text)
         except ValueError as exc:
-            raise InvalidRequest(ErrorKind.INVALID_URL, str(exc), url_text, self._plain_method) from None
+            raise InvalidRequest(
+                ErrorKind.INVALID_URL, str(exc), url_text, self._plain_method, NO_ID, columns
+            ) from None
         body = self._options.data
         headers = wire_headers(target, self._plain_method, self._base_headers, body)
-        return RequestSpec(index, url_text, target, self._plain_method, headers, body)
+        return RequestSpec(index, url_text, target, self._plain_method, headers, body, input=columns)
 
     def from_mapping(self, value: Mapping[str, Any], index: int, *, raw: str | None = None) -> RequestSpec:
         """A spec from a JSON request object: ``url`` and optional ``method``, ``headers``, ..."""
@@ -230,6 +264,7 @@ class SpecBuilder:
             index=index,
             method=error.method,
             id=error.request_id,
+            input=error.input,
             error=error.failure,
             timings=Timings() if options.timings else None,
             tls=None if options.tls else NOT_ASKED,

@@ -101,6 +101,7 @@ class Worker:
             url=spec.url,
             index=spec.index,
             id=spec.id,
+            input=spec.input,
             method=spec.method,
             status=progress.status,
             final_url=str(progress.url) if progress.status is not None else None,

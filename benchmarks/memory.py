@@ -3,6 +3,7 @@
     python benchmarks/memory.py                          # 10,000,000 lines
     python benchmarks/memory.py -n 200000 -n 1000000     # several sizes, one run each
     python benchmarks/memory.py -n 200000 --count        # also count the records asyncfetch wrote
+    python benchmarks/memory.py --csv                    # 10,000,000 CSV rows (asyncfetch --csv)
 
 Feeds N request lines through a pipe to ``asyncfetch -r 0 -q`` (generated on the fly, never
 written to a file) and reports the peak RSS of the asyncfetch process (``wait4``), its RSS as
@@ -18,6 +19,9 @@ The lines have to be cheap, so that 10 million of them take minutes and no big s
     once (``connect`` record). They take the whole request path (scheduler, worker, pool, error
     classification, retry decision, latency statistics), so per-request state that is never
     freed shows up too.
+With --csv the same requests are CSV rows (``url,name,note``; the name quoted, with a comma in
+it, and the note a quoted field with an embedded newline one row in 100) read by ``asyncfetch
+--csv``: the rows' other columns travel with each request into its record.
 Every line is distinct (the index is in it). asyncfetch's input look-ahead, its in-flight
 requests and its statistics are bounded, so peak RSS should not grow with N.
 """
@@ -71,6 +75,20 @@ def closed_port() -> socket.socket:
     return sock
 
 
+def csv_batches(n: int, refused_every: int, port: int, size: int = 10_000) -> Iterator[tuple[int, bytes]]:
+    """(row count, bytes) batches of a CSV of N rows (after its header)."""
+    refused = f"http://127.0.0.1:{port}/refused?i="
+    yield 0, b"url,name,note\r\n"
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        rows = []
+        for i in range(start, stop):
+            url = f"{refused}{i}" if refused_every and i % refused_every == 0 else f"ftp://invalid.test/{i}"
+            note = '"two\r\nlines"' if i % 100 == 0 else "plain"
+            rows.append(f'{url},"row {i}, quoted",{note}\r\n')
+        yield stop - start, "".join(rows).encode()
+
+
 def batches(n: int, refused_every: int, port: int, size: int = 10_000) -> Iterator[tuple[int, bytes]]:
     """(line count, bytes) batches of the N input lines."""
     refused = f"http://127.0.0.1:{port}/refused?i="
@@ -85,11 +103,13 @@ def batches(n: int, refused_every: int, port: int, size: int = 10_000) -> Iterat
         yield stop - start, text.encode()
 
 
-def feed(proc: subprocess.Popen[bytes], n: int, refused_every: int, port: int, progress: Progress) -> None:
+def feed(
+    proc: subprocess.Popen[bytes], n: int, refused_every: int, port: int, progress: Progress, *, as_csv: bool = False
+) -> None:
     assert proc.stdin is not None
     fd = proc.stdin.fileno()
     try:
-        for count, data in batches(n, refused_every, port):
+        for count, data in (csv_batches if as_csv else batches)(n, refused_every, port):
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -131,14 +151,21 @@ def run(asyncfetch: str, n: int, args: argparse.Namespace) -> Result:
     progress = Progress()
     port_socket = closed_port()
     port = port_socket.getsockname()[1]
-    cmd = [asyncfetch, "-r", "0", "-q"]
+    cmd = [asyncfetch, "-r", "0", "-q"] + (["--csv"] if args.csv else [])
     if args.concurrency:
         cmd += ["-c", str(args.concurrency)]
     stop = threading.Event()
     threads: list[threading.Thread] = []
 
     def start(proc: subprocess.Popen[bytes], target: Callable[[], int | None]) -> None:
-        threads.append(threading.Thread(target=feed, args=(proc, n, args.refused_every, port, progress), daemon=True))
+        threads.append(
+            threading.Thread(
+                target=feed,
+                args=(proc, n, args.refused_every, port, progress),
+                kwargs={"as_csv": args.csv},
+                daemon=True,
+            )
+        )
         threads.append(threading.Thread(target=sample, args=(target, progress, stop), daemon=True))
         if args.count:
             threads.append(threading.Thread(target=count, args=(proc, progress), daemon=True))
@@ -229,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--refused-every", type=int, default=10, metavar="K", help="one line in K is a refused request")
     p.add_argument("-c", "--concurrency", type=int, help="asyncfetch -c (default: asyncfetch's own)")
     p.add_argument("--count", action="store_true", help="count the records through a pipe instead of /dev/null")
+    p.add_argument("--csv", action="store_true", help="feed CSV rows to asyncfetch --csv instead of URL lines")
     p.add_argument("--cpu", type=int, default=benchlib.default_cpus()[0], help="CPU to pin asyncfetch to")
     p.add_argument("--timeout", type=float, default=3600, help="kill a run after this many seconds")
     p.add_argument("--asyncfetch", help="the asyncfetch command (default: on PATH, else beside this Python)")
@@ -239,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"{benchlib.machine_line()}; asyncfetch {asyncfetch}"
         + (f" pinned to CPU {args.cpu}" if args.cpu is not None else "")
-        + f"; one line in {args.refused_every} refused, the rest invalid_url; peak RSS: {benchlib.rss_method()}",
+        + f"; one line in {args.refused_every} refused, the rest invalid_url"
+        + ("; CSV rows (--csv)" if args.csv else "")
+        + f"; peak RSS: {benchlib.rss_method()}",
         file=sys.stderr,
     )
     results = []

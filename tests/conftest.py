@@ -8,7 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
     running.stop()
 
 
-async def collect(requests: Iterable[Any], **options: Any) -> list[asyncfetch.Record]:
+async def collect(requests: Iterable[Any] | AsyncIterable[Any], **options: Any) -> list[asyncfetch.Record]:
     """Every record of a fetch, in completion order."""
     return [record async for record in asyncfetch.fetch(requests, **options)]
 
