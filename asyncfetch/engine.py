@@ -94,6 +94,11 @@ class FetchRun:
         """Requests read that will have no record (``skip`` said so, or ``dedupe``)."""
         return self._engine.skipped
 
+    @property
+    def attempts_started(self) -> int:
+        """Attempts begun so far, those still running (or abandoned by ``stop``) included."""
+        return self._engine.attempts_started
+
     def __aiter__(self) -> AsyncGenerator[Record, None]:
         if self._records is not None:
             raise RuntimeError("a fetch can be iterated only once")
@@ -169,6 +174,7 @@ class _Engine:
         self._window_waiter: asyncio.Future[None] | None = None
         self.requests_read = 0
         self.skipped = 0
+        self.attempts_started = 0
 
     # -- the consumer's side ---------------------------------------------------------------------
     async def wait_for_output(self) -> None:
@@ -299,6 +305,7 @@ class _Engine:
                 job = await scheduler.get()
                 if job is None:
                     return
+                self.attempts_started += 1
                 outcome = await worker.attempt(job.spec, job.attempts)
                 if outcome.retry_after is not None:
                     # The host asked for quiet: everything queued for it waits, not only this one.

@@ -32,6 +32,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
 
 
+def format_size(size: int) -> str:
+    """``"100M"``-style text for a number of bytes (the largest suffix that divides it)."""
+    for suffix in ("G", "M", "K"):
+        factor = _SIZE_FACTORS[suffix]
+        if size and size % factor == 0:
+            return f"{size // factor}{suffix}"
+    return str(size)
+
+
 def parse_header(text: str) -> tuple[str, str]:
     """``("Name", "value")`` from ``"Name: value"`` (the form of curl's ``-H``)."""
     name, sep, value = text.partition(":")

@@ -25,6 +25,7 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal, cast
 
 from asyncfetch.spec import TableRow
@@ -39,14 +40,25 @@ InputFormat = Literal["lines", "csv", "tsv"]
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
+@dataclass(frozen=True, slots=True)
+class RequestArgument:
+    """A request named on the command line itself (``asyncfetch https://example.com``): one line."""
+
+    text: str
+
+
+# An INPUT: a file's path, ``-`` for standard input, or a request given as an argument.
+Input = str | RequestArgument
+
+
 class InputError(Exception):
     """An INPUT that cannot be read: a usage error, reported before anything is fetched."""
 
 
-def check_inputs(paths: Sequence[str]) -> None:
+def check_inputs(paths: Sequence[Input]) -> None:
     """Raise :class:`InputError` naming the first INPUT that does not exist or cannot be read."""
     for path in paths:
-        if path == STDIN:
+        if isinstance(path, RequestArgument) or path == STDIN:
             continue
         try:
             info = os.stat(path)
@@ -104,13 +116,13 @@ class InputReader:
 
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: Sequence[Input],
         *,
         max_batches: int = 16,
         input_format: InputFormat | None = None,
         url_column: str | None = None,
     ) -> None:
-        self._paths = list(paths) or [STDIN]
+        self._paths: list[Input] = list(paths) or [STDIN]
         self._format = input_format
         self._url_column = url_column
         self._batches: deque[list[InputItem] | BaseException | None] = deque()
@@ -154,7 +166,11 @@ class InputReader:
     def _read_all(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for path in self._paths:
-                if not self._read_one(path, loop):
+                if isinstance(path, RequestArgument):
+                    line = request_line(path.text)
+                    if line is not None and not self._deliver(loop, [line]):
+                        return
+                elif not self._read_one(path, loop):
                     return
         except OSError as exc:
             self._deliver(loop, InputError(f"cannot read {exc.filename or 'input'}: {exc.strerror or exc}"))
@@ -261,7 +277,7 @@ class InputReader:
 class LineReader(InputReader):
     """An :class:`InputReader` of request lines only (URLs and JSON objects; gzip inflated), whatever the names."""
 
-    def __init__(self, paths: Sequence[str], *, max_batches: int = 16) -> None:
+    def __init__(self, paths: Sequence[Input], *, max_batches: int = 16) -> None:
         super().__init__(paths, max_batches=max_batches, input_format="lines")
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -363,7 +379,7 @@ def _text_lines(chunks: Iterator[bytes]) -> Iterator[str]:
         yield from io.StringIO(pending.decode("utf-8", "replace"), newline="")
 
 
-def estimate_total(paths: Sequence[str]) -> int | None:
+def estimate_total(paths: Sequence[Input]) -> int | None:
     """How many request lines the INPUTs hold, counted fast; None unless all are regular files.
 
     Lines are counted by their newlines, less those that plainly start blank or with ``#``
@@ -375,6 +391,9 @@ def estimate_total(paths: Sequence[str]) -> int | None:
     total = 0
     try:
         for path in paths:
+            if isinstance(path, RequestArgument):
+                total += 1
+                continue
             if not stat.S_ISREG(os.stat(path).st_mode):
                 return None
             with open(path, "rb") as file:

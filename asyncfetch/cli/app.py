@@ -1,242 +1,183 @@
-"""The typer surface of ``asyncfetch``: options in, a validated :class:`Plan` out, then the run.
+"""The composition root: every command registered on one Typer app, and :func:`run`, which maps errors to exits.
 
-Every option can also come from ``ASYNCFETCH_<OPTION>`` (``ASYNCFETCH_CONCURRENCY=200``,
-``ASYNCFETCH_FAIL=1``); ``ASYNCFETCH_HEADER`` takes one header per line. Usage errors are
-reported in at most three lines, with nothing fetched and no file touched.
+``asyncfetch [OPTIONS] [INPUT]...`` is ``asyncfetch fetch ...``: the one-liner stays as it is,
+and the queue commands (``enqueue``, ``work``, ``collect``, ``status``) are named first.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+import difflib
+import textwrap
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
-from asyncfetch._version import __version__
 from asyncfetch.cli import params as p
-from asyncfetch.cli.runner import ExitStatus, Plan, execute
-from asyncfetch.options import MAX_CONCURRENCY, FetchOptions, parse_header, parse_size
-from asyncfetch.source import STDIN, InputError, check_inputs
-from asyncfetch.spec import SpecBuilder
+from asyncfetch.cli.dist import collect_command, enqueue_command, status_command, work_command
+from asyncfetch.cli.fetch import fetch_command
+from asyncfetch.cli.status import PROG, CommandError, ExitStatus, UsageError, report
 
-PROG = "asyncfetch"
-USAGE = f"Usage: {PROG} [OPTIONS] [INPUT]..."
-HINT = f"Try '{PROG} --help' for help."
+_COMPLETION_OPTIONS = frozenset({"--install-completion", "--show-completion"})
+
+_DESCRIPTION = (
+    "Fetch every request of the INPUTs concurrently; one JSON record per request on stdout. "
+    "An INPUT is a file of URLs or JSON request lines, a URL, or - for standard input (also when none is given)."
+)
+_EXAMPLES = (
+    ("asyncfetch urls.txt > records.jsonl", ""),
+    ("asyncfetch https://example.com | jq .status", ""),
+    ("jq -r '.[].url' list.json | asyncfetch -c 200 --per-host 4 -o out.jsonl", ""),
+    ("asyncfetch -o out.jsonl --resume urls.txt", "# finish an interrupted run"),
+)
+_EXIT_STATUSES = (
+    "Exit status: 0 every request answered; 1 a request failed (with --fail: or a status >= 400); "
+    "2 usage error; 130 interrupted; 141 stdout closed."
+)
+_FOOTER = (
+    "Every option can also be set as ASYNCFETCH_<OPTION> (ASYNCFETCH_CONCURRENCY=200, ASYNCFETCH_FAIL=1); "
+    "the command line wins. Record fields, recipes and details: the README (Records, Recipes)."
+)
+_METAVARS: dict[Any, str] = {int: "N", float: "NUM", str: "TEXT", Path: "PATH"}
+_COLUMN = 28  # where option help starts
+
+
+class _Command(TyperCommand):
+    """A command whose help fits a screen: one line per option, grouped, defaults inline, no env lines."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        width = max(60, min(formatter.width or 80, 100))
+        out: list[str] = []
+        name = ctx.info_name if ctx.parent is not None and ctx.info_name != "fetch" else None
+        if name is None:
+            out += [f"Usage: {PROG} [OPTIONS] [INPUT]...", f"       {PROG} COMMAND [OPTIONS] ...", ""]
+            out += textwrap.wrap(_DESCRIPTION, width)
+            out += ["", "Examples:"]
+            out += [f"  {line}  {note}".rstrip() for line, note in _EXAMPLES]
+        else:
+            out += [f"Usage: {PROG} {name} [OPTIONS]" + (" [INPUT]..." if name == "enqueue" else ""), ""]
+            out += textwrap.wrap(self.help or "", width)
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            if not getattr(param, "opts", None) or getattr(param, "param_type_name", "") != "option":
+                continue
+            panel = getattr(param, "rich_help_panel", None) or "Other"
+            panels.setdefault(panel, []).append(_option_row(param))
+        general = panels.pop("Other", [])
+        for panel, rows in [*panels.items(), ("General", general)]:
+            out += ["", f"{panel}:"]
+            for flags, text in rows:
+                out += _row(flags, text, _COLUMN, width)
+        if name is None:
+            out += ["", "Commands (one fetch spread over many machines through Redis):"]
+            group = ctx.parent.command if ctx.parent is not None else None
+            for command_name, text in _commands(group):
+                out += _row(command_name, text, _COLUMN, width)
+            out += [""]
+            out += textwrap.wrap(_EXIT_STATUSES, width)
+            out += textwrap.wrap(_FOOTER, width)
+        formatter.write("\n".join(out) + "\n")
+
+
+def _option_row(param: Any) -> tuple[str, str]:
+    names = sorted(param.opts, key=len)
+    flags = ", ".join(names)
+    if param.secondary_opts:
+        flags += " / " + ", ".join(param.secondary_opts)
+    if not param.is_flag:
+        declared = p.PARAMS.get(param.name)
+        metavar = declared.metavar if declared is not None and declared.metavar else None
+        kind = declared.kind if declared is not None else None
+        flags += " " + (metavar or _METAVARS.get(kind, param.name.upper()))
+    text = param.help or ""
+    declared = p.PARAMS.get(param.name)
+    default = declared.default_text() if declared is not None else None
+    if default is not None:
+        text += f" [{default}]"
+    return flags, text
+
+
+def _row(left: str, text: str, column: int, width: int) -> list[str]:
+    lines = textwrap.wrap(text, max(20, width - column)) or [""]
+    if len(left) + 2 > column - 2:
+        return [f"  {left}", *(" " * column + line for line in lines)]
+    first = f"  {left}".ljust(column) + lines[0]
+    return [first, *(" " * column + line for line in lines[1:])]
+
+
+def _commands(group: Any) -> list[tuple[str, str]]:
+    if group is None:
+        return []
+    rows = []
+    for command_name in group.list_commands(None):
+        if command_name == "fetch":
+            continue
+        command = group.get_command(None, command_name)
+        rows.append((command_name, (command.help or "").split("\n")[0]))
+    return rows
 
 
 class _FetchUnlessNamed(TyperGroup):
-    """``asyncfetch [OPTIONS] [INPUT]...`` means ``asyncfetch fetch ...``: the one-liner stays as it
-    is, and the queue commands (``enqueue``, ``work``, ``collect``, ``status``) are named first.
-    A file named like a command is read with ``asyncfetch fetch FILE`` or ``./FILE``."""
+    """Arguments that do not start with a command name are the fetch command's."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        # `asyncfetch --help` too: the options people look for are fetch's; its help lists the others.
-        if not args or (args[0] not in self.commands and args[0] not in _COMPLETION_OPTIONS):
+        completing = ctx.resilient_parsing and not args  # `asyncfetch <TAB>`: offer the commands
+        if not completing and (not args or (args[0] not in self.commands and args[0] not in _COMPLETION_OPTIONS)):
             args = ["fetch", *args]
         return super().parse_args(ctx, args)
 
 
-_COMPLETION_OPTIONS = frozenset({"--install-completion", "--show-completion"})
-
-app = typer.Typer(
-    cls=_FetchUnlessNamed,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help=(
-        "Fetch many URLs concurrently; one JSON record per request on stdout.\n\n"
-        "asyncfetch [OPTIONS] [INPUT]... is 'asyncfetch fetch': see 'asyncfetch fetch --help' for its options. "
-        "The other commands spread one fetch over many machines through Redis."
-    ),
-    subcommand_metavar="[INPUT]... | COMMAND [ARGS]...",
-)
-
-
-class UsageError(Exception):
-    """A problem with how asyncfetch was called: exit 2, a short message, nothing fetched."""
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"{PROG} {__version__}\n")
-        raise typer.Exit(0)
-
-
-@app.command(
-    "fetch",
-    help=(
-        "Fetch every URL (or JSON request object) of INPUT concurrently and write one JSON record "
-        "per request to stdout. INPUT is a file; '-' or none reads standard input. "
-        "This is what asyncfetch does when no command is named."
-    ),
-    epilog=(
-        "Across many machines, through Redis: asyncfetch enqueue (put requests on a queue), "
-        "asyncfetch work (fetch them, on each machine), asyncfetch collect (the records, exactly once), "
-        "asyncfetch status (the queue's state). See asyncfetch COMMAND --help. "
-        "Shell completion: asyncfetch --install-completion."
-    ),
-)
-def fetch_command(
-    inputs: p.Inputs = None,
-    concurrency: p.Concurrency = 50,
-    per_host: p.PerHost = 0,
-    rate: p.Rate = None,
-    timeout: p.Timeout = 10.0,
-    connect_timeout: p.ConnectTimeout = None,
-    retries: p.Retries = 2,
-    max_retry_wait: p.MaxRetryWait = 60.0,
-    follow: p.Follow = True,
-    max_redirects: p.MaxRedirects = 10,
-    method: p.Method = None,
-    header: p.Header = None,
-    data: p.Data = None,
-    user_agent: p.UserAgent = p.DEFAULT_UA,
-    http2: p.Http2 = False,
-    proxy: p.Proxy = None,
-    insecure: p.Insecure = False,
-    max_size: p.MaxSize = "100M",
-    headers: p.Headers = False,
-    body: p.Body = False,
-    save: p.Save = None,
-    output: p.Output = None,
-    resume: p.Resume = False,
-    dedupe: p.Dedupe = False,
-    ordered: p.Ordered = False,
-    fail: p.Fail = False,
-    progress: p.Progress = None,
-    summary: p.Summary = None,
-    quiet: p.Quiet = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
-    ] = False,
-) -> int:
-    paths = list(inputs or [])
-    require_input(paths)
-    if resume and output is None:
-        raise UsageError("--resume needs --output FILE")
-    options = build_options(
-        concurrency=concurrency,
-        per_host=per_host,
-        rate=rate,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        retries=retries,
-        max_retry_wait=max_retry_wait,
-        follow=follow,
-        max_redirects=max_redirects,
-        method=method,
-        header=header,
-        data=data,
-        user_agent=user_agent,
-        http2=http2,
-        proxy=proxy,
-        insecure=insecure,
-        max_size=max_size,
-        include_headers=headers,
-        include_body=body,
-        save_dir=save,
-        dedupe=dedupe,
-        ordered=ordered,
+def build_app() -> typer.Typer:
+    """The Typer app with every command registered (what ``asyncfetch`` runs)."""
+    app = typer.Typer(
+        cls=_FetchUnlessNamed,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        help=_DESCRIPTION,
     )
-    require_readable(paths)
-    if output is not None and output.is_dir():
-        raise UsageError(f"--output {output}: is a directory")
-    shown = p.display_choice(progress=progress, summary=summary, quiet=quiet, records_on_stdout=output is None)
-    plan = Plan(
-        inputs=paths,
-        options=options,
-        output=output,
-        resume=resume,
-        fail=fail,
-        progress=shown.progress,
-        summary=shown.summary,
-    )
-    return execute(plan)
-
-
-def require_input(paths: list[str]) -> None:
-    """A usage error when standard input is to be read but is a terminal (never wait on one)."""
-    if (not paths or STDIN in paths) and (sys.stdin is None or sys.stdin.isatty()):
-        raise UsageError("no INPUT given and standard input is a terminal")
-
-
-def require_readable(paths: list[str]) -> None:
-    """A usage error naming the first INPUT that cannot be read."""
-    try:
-        check_inputs(paths)
-    except InputError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def build_options(
-    *,
-    header: list[str] | None = None,
-    data: str | None = None,
-    max_size: str = "100M",
-    method: str | None = None,
-    **values: Any,
-) -> FetchOptions:
-    """FetchOptions from command-line values (sizes, ``-d @FILE``, ``-H`` texts), or a UsageError."""
-    concurrency = values.get("concurrency", 1)
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}")
-    save = values.get("save_dir")
-    if save is not None and save.exists() and not save.is_dir():
-        raise UsageError(f"--save {save}: not a directory")
-    try:
-        options = FetchOptions(
-            method=method.upper() if method else None,
-            headers=tuple(parse_header(text) for text in (header or env_lines(p.env("HEADER")))),
-            data=_read_data(data),
-            max_size=parse_size(max_size),
-            **values,
-        )
-        SpecBuilder(options)  # validates the -H headers against the defaults
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return options
-
-
-def env_lines(name: str) -> list[str]:
-    """The non-blank lines of an environment variable (``ASYNCFETCH_HEADER``: one header each)."""
-    return [line for line in os.environ.get(name, "").splitlines() if line.strip()]
-
-
-def _read_data(data: str | None) -> bytes | None:
-    if data is None:
-        return None
-    if data.startswith("@"):
-        path = data[1:]
-        try:
-            if path == STDIN:
-                raise ValueError("-d @- is not supported: standard input carries the requests")
-            return Path(path).read_bytes()
-        except OSError as exc:
-            raise ValueError(f"cannot read --data file {path}: {exc.strerror or exc}") from None
-    return data.encode("utf-8")
+    app.command("fetch", cls=_Command, help=fetch_command.__doc__)(fetch_command)
+    for name, command in (
+        ("enqueue", enqueue_command),
+        ("work", work_command),
+        ("collect", collect_command),
+        ("status", status_command),
+    ):
+        app.command(name, cls=_Command, help=command.__doc__)(command)
+    return app
 
 
 def run(args: list[str]) -> int:
-    """Run the command on ``args``; returns the exit status (usage errors are printed here)."""
-    from asyncfetch.cli import dist  # noqa: F401  (registers the queue commands on the app)
-
-    cli = typer.main.get_command(app)
+    """Run the command on ``args``; returns the exit status (every error is reported here, once)."""
+    cli = typer.main.get_command(build_app())
+    p.ARGV.set(tuple(args))
+    command = args[0] if args and args[0] in ("enqueue", "work", "collect", "status") else None
     try:
         status = cli.main(args=args, prog_name=PROG, standalone_mode=False)
-    except UsageError as exc:
-        return _usage_error(str(exc))
+    except (UsageError, CommandError) as exc:
+        return report(exc, command=command)
     except Exception as exc:
         # typer's (vendored click) usage errors: unknown option, bad value, missing argument.
         formatter = getattr(exc, "format_message", None)
         if callable(formatter) and hasattr(exc, "exit_code"):
-            return _usage_error(str(formatter()))
+            return report(UsageError(_click_message(exc)), command=command)
         raise
     return int(status) if isinstance(status, int) else ExitStatus.OK
 
 
-def _usage_error(message: str) -> int:
-    sys.stderr.write(f"{USAGE}\n{HINT}\n{PROG}: error: {message.splitlines()[0] if message else 'bad usage'}\n")
-    return ExitStatus.USAGE
+def _click_message(exc: Any) -> str:
+    """click's message, saying where a bad value came from when it was the environment."""
+    possibilities = getattr(exc, "possibilities", None)
+    option = getattr(exc, "option_name", None)
+    if option is not None and possibilities is not None:  # an unknown option: the one nearest it
+        nearest = difflib.get_close_matches(option, possibilities, n=1)
+        return f"no such option: {option}" + (f" (did you mean {nearest[0]}?)" if nearest else "")
+    message = str(exc.format_message())
+    param, ctx = getattr(exc, "param", None), getattr(exc, "ctx", None)
+    if param is not None and ctx is not None and getattr(param, "envvar", None):
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name == "ENVIRONMENT":
+            message += f" (from {param.envvar})"
+    return message

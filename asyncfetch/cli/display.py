@@ -9,27 +9,43 @@ a few times a second from the running totals, so its cost does not grow with the
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TimeElapsedColumn
+from rich.table import Column
 from rich.text import Text
 
 from asyncfetch.stats import RunStats
 
-_OUTCOMES = "[green]{task.fields[ok]:,} ok[/] [yellow]{task.fields[http]:,} ≥400[/] [red]{task.fields[errors]:,} err[/]"
+# Below this width the bar itself goes: the numbers are what a narrow terminal keeps.
+_BAR_MIN_WIDTH = 72
 
 
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f}/s" if speed is not None else "-/s", style="progress.data.speed")
+        return Text(f"{speed:,.0f}/s" if speed is not None else "-/s")
 
 
 class _CountColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         total = f"{int(task.total):,}" if task.total is not None else "?"
-        return Text(f"{int(task.completed):,}/{total}", style="progress.download")
+        return Text(f"{int(task.completed):,}/{total}", style="bold")
+
+
+class _OutcomeColumn(ProgressColumn):
+    """ok in green; HTTP >= 400 in yellow and errors in red only when there are any."""
+
+    def render(self, task: Task) -> Text:
+        fields = task.fields
+        text = Text()
+        text.append(f"{fields['ok']:,} ok", style="green")
+        http, errors = fields["http"], fields["errors"]
+        text.append(f" {http:,} ≥400", style="yellow" if http else "dim")
+        text.append(f" {errors:,} err", style="bold red" if errors else "dim")
+        return text
 
 
 class ProgressDisplay:
@@ -42,13 +58,17 @@ class ProgressDisplay:
         self._total = total
         self._completed = completed
         self._console = Console(file=stream, stderr=True)
+        # The numbers never wrap or cut: the bar takes what width is left, and goes when too narrow.
+        columns: list[ProgressColumn] = [
+            _CountColumn(table_column=Column(no_wrap=True)),
+            _RateColumn(table_column=Column(no_wrap=True)),
+            _OutcomeColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        ]
+        if self._console.width >= _BAR_MIN_WIDTH:
+            columns.insert(0, BarColumn(bar_width=None))
         self._progress = Progress(
-            TextColumn("[bold]asyncfetch"),
-            BarColumn(),
-            _CountColumn(),
-            _RateColumn(),
-            TextColumn(_OUTCOMES),
-            TimeRemainingColumn(),
+            *columns,
             console=self._console,
             redirect_stdout=False,
             redirect_stderr=False,
@@ -77,26 +97,62 @@ class ProgressDisplay:
         self._progress.stop()
 
 
-def format_summary(stats: RunStats, *, interrupted: bool = False) -> str:
-    """The closing summary: totals, outcomes, errors by kind, attempts, time, rate, latency, bytes."""
-    elapsed = stats.elapsed
-    rate = stats.records / elapsed if elapsed > 0 else 0.0
-    head = f"{stats.records:,} requests in {elapsed:.2f} s ({rate:,.0f}/s)"
-    if interrupted:
-        head += ", interrupted"
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What an interrupted run left undone, for its summary."""
+
+    not_fetched: int  # requests read that got no record
+    unread: int | None  # requests still in the INPUTs (None: unknown, e.g. a pipe)
+    abandoned_attempts: int  # attempts in flight when the run stopped
+    resume: str | None  # the command that finishes the job, when there is one
+
+
+def outcome_line(stats: RunStats) -> str:
+    """``N ok, N HTTP >= 400, N errors (kind N, ...)``: the one way outcomes are told."""
     outcome = f"{stats.ok:,} ok, {stats.http_errors:,} HTTP >= 400, {stats.failed:,} errors"
     if stats.errors:
         outcome += " (" + ", ".join(f"{kind} {count:,}" for kind, count in stats.errors.most_common()) + ")"
+    return outcome
+
+
+def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) -> str:
+    """The closing summary: totals, outcomes, errors by kind, attempts, time, rate, latency, bytes.
+
+    An interrupted run also says what was left undone and how to finish it.
+    """
+    elapsed = stats.elapsed
+    rate = stats.records / elapsed if elapsed > 0 else 0.0
+    head = f"{stats.records:,} requests in {elapsed:.2f} s ({rate:,.0f}/s)"
+    if interrupted is not None:
+        head += ", interrupted"
+    outcome = outcome_line(stats)
     latency = ", ".join(
         f"p{int(q * 100)} {_ms(stats.percentile(q))}" for q in (0.5, 0.95, 0.99) if stats.percentile(q) is not None
     )
+    attempts = stats.attempts + (interrupted.abandoned_attempts if interrupted is not None else 0)
     lines = [
         f"asyncfetch: {head}",
         f"  {outcome}",
-        f"  {stats.attempts:,} attempts, {_bytes(stats.bytes_received)} received"
+        f"  {attempts:,} attempts, {_bytes(stats.bytes_received)} received"
         + (f", latency {latency}" if latency else ""),
     ]
+    if interrupted is not None:
+        lines.append("  " + _undone(interrupted))
+        if interrupted.resume is not None:
+            lines.append(f"  to finish: {interrupted.resume}")
+        else:
+            lines.append("  to finish later, write records with -o FILE and run again with --resume")
     return "\n".join(lines) + "\n"
+
+
+def _undone(interrupted: Interruption) -> str:
+    if interrupted.unread is None:
+        text = f"{interrupted.not_fetched:,} requests read but not fetched, and the rest of the input not read"
+    else:
+        text = f"{interrupted.not_fetched + interrupted.unread:,} requests not fetched"
+    if interrupted.abandoned_attempts:
+        text += f" ({interrupted.abandoned_attempts:,} were in flight)"
+    return text
 
 
 def _ms(value: float | None) -> str:

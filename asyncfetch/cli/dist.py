@@ -14,11 +14,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asyncfetch.cli import params as p
-from asyncfetch.cli.app import UsageError, app, build_options, require_input, require_readable
-from asyncfetch.cli.runner import ExitStatus, RunControl, open_output, run_loop
+from asyncfetch.cli.display import outcome_line
+from asyncfetch.cli.runner import RunControl, open_output, run_loop
+from asyncfetch.cli.status import CommandError, ExitStatus, UsageError, outcome_status
 from asyncfetch.resume import cut_torn_tail
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import LineReader
+from asyncfetch.source import STDIN, InputError, LineReader, check_inputs
 from asyncfetch.spec import RequestShape
 from asyncfetch.stats import RunStats
 
@@ -39,49 +40,53 @@ def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redi
             return await main(control)
         except RedisError as exc:
             # redis-py's messages name host and port, never the password; the URL is shown redacted.
-            sys.stderr.write(f"asyncfetch: error: Redis at {redacted(redis_url)}: {exc}\n")
-            return ExitStatus.FAILURES
+            raise CommandError(f"Redis at {redacted(redis_url)}: {exc}") from None
 
     return run_loop(guarded)
 
 
-@app.command("enqueue", help="Put requests on a Redis queue, in the same input formats (INPUT, '-' or stdin).")
-def enqueue_command(
-    inputs: p.Inputs = None,
-    redis_url: p.RedisUrl = p.DEFAULT_REDIS,
-    queue: p.QueueName = "default",
-    method: p.Method = None,
-    header: p.Header = None,
-    data: p.Data = None,
-    user_agent: p.UserAgent = p.DEFAULT_UA,
-    dedupe: p.Dedupe = False,
-    chunk_size: p.ChunkSize = 500,
-) -> int:
+_QUEUE = ("redis_url", "queue")
+
+
+@p.command(
+    (*_QUEUE, *p.REQUEST_OPTIONS, "dedupe", "chunk_size"),
+    extra={"inputs": p.inputs_argument("Request files; - or none: standard input.")},
+)
+def enqueue_command(values: p.Values, *, inputs: list[str] | None) -> int:
+    """Put requests on a Redis queue, in the same input formats (INPUT, '-' or stdin)."""
     from asyncfetch import distributed
 
     paths = list(inputs or [])
-    require_input(paths)
+    if not paths and (sys.stdin is None or sys.stdin.isatty()):
+        raise UsageError("no INPUT given and standard input is a terminal")
+    chunk_size = values["chunk_size"]
     if chunk_size < 1:
         raise UsageError(f"--chunk-size must be 1 or more, not {chunk_size}")
-    request_options = build_options(method=method, header=header, data=data, user_agent=user_agent)
+    request_options = values.options()
     shape = RequestShape(
         method=request_options.method,
         headers=request_options.headers,
         data=request_options.data,
-        user_agent=user_agent if user_agent != p.DEFAULT_UA else None,
+        user_agent=values["user_agent"],
     )
-    require_readable(paths)
+    try:
+        check_inputs(paths)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    redis_url = values["redis_url"]
+    queue = values["queue"]
 
     async def main(control: RunControl) -> int:
+        del control
         client = distributed.connect(redis_url)
         try:
             queued = await distributed.enqueue(
                 client,
                 distributed.QueueKeys(queue),
-                LineReader(paths),
+                LineReader(paths or [STDIN]),
                 shape=shape,
                 chunk_size=chunk_size,
-                dedupe=dedupe,
+                dedupe=values["dedupe"],
             )
         finally:
             await client.aclose()
@@ -91,61 +96,27 @@ def enqueue_command(
     return _run_with_redis(main, redis_url)
 
 
-@app.command("work", help="Fetch requests from a Redis queue with the usual engine; run one per machine.")
-def work_command(
-    redis_url: p.RedisUrl = p.DEFAULT_REDIS,
-    queue: p.QueueName = "default",
-    name: p.WorkerName = None,
-    claim_after: p.ClaimAfter = 60.0,
-    burst: p.Burst = False,
-    concurrency: p.Concurrency = 50,
-    per_host: p.PerHost = 0,
-    rate: p.Rate = None,
-    timeout: p.Timeout = 10.0,
-    connect_timeout: p.ConnectTimeout = None,
-    retries: p.Retries = 2,
-    max_retry_wait: p.MaxRetryWait = 60.0,
-    follow: p.Follow = True,
-    max_redirects: p.MaxRedirects = 10,
-    http2: p.Http2 = False,
-    proxy: p.Proxy = None,
-    insecure: p.Insecure = False,
-    max_size: p.MaxSize = "100M",
-    headers: p.Headers = False,
-    body: p.Body = False,
-    save: p.Save = None,
-    progress: p.Progress = None,
-    summary: p.Summary = None,
-    quiet: p.Quiet = False,
-) -> int:
+@p.command((*_QUEUE, "name", "claim_after", "burst", *p.ENGINE_OPTIONS, "summary", "quiet"))
+def work_command(values: p.Values) -> int:
+    """Fetch requests from a Redis queue with the usual engine; run one per machine."""
     from asyncfetch import distributed
 
+    claim_after = values["claim_after"]
     if claim_after <= 0:
         raise UsageError(f"--claim-after must be more than 0 seconds, not {claim_after}")
-    options = build_options(
-        concurrency=concurrency,
-        per_host=per_host,
-        rate=rate,
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        retries=retries,
-        max_retry_wait=max_retry_wait,
-        follow=follow,
-        max_redirects=max_redirects,
-        http2=http2,
-        proxy=proxy,
-        insecure=insecure,
-        max_size=max_size,
-        include_headers=headers,
-        include_body=body,
-        save_dir=save,
-    )
-    display = p.display_choice(progress=progress, summary=summary, quiet=quiet, records_on_stdout=False)
+    options = values.options()
+    display = p.display_choice(values, records_on_stdout=False)
+    redis_url = values["redis_url"]
 
     async def main(control: RunControl) -> int:
         client = distributed.connect(redis_url)
         worker = distributed.QueueWorker(
-            client, distributed.QueueKeys(queue), options, name=name, claim_after=claim_after, burst=burst
+            client,
+            distributed.QueueKeys(values["queue"]),
+            options,
+            name=values["name"],
+            claim_after=claim_after,
+            burst=values["burst"],
         )
         try:
             totals = await worker.run(control.stop)
@@ -156,29 +127,20 @@ def work_command(
                 f"asyncfetch: worker {worker.name}: {totals.records:,} records "
                 f"({totals.failed:,} failed), {totals.chunks:,} chunks finished\n"
             )
-        if control.interrupted:
-            return ExitStatus.INTERRUPTED
-        return ExitStatus.FAILURES if totals.failed else ExitStatus.OK
+        return outcome_status(failed=totals.failed, http_errors=0, fail=False, interrupted=control.interrupted)
 
     return _run_with_redis(main, redis_url)
 
 
-@app.command("collect", help="Write the records of a Redis queue as JSON lines, each exactly once.")
-def collect_command(
-    redis_url: p.RedisUrl = p.DEFAULT_REDIS,
-    queue: p.QueueName = "default",
-    output: p.Output = None,
-    follow_queue: p.FollowQueue = False,
-    trim: p.Trim = False,
-    fail: p.Fail = False,
-    summary: p.Summary = None,
-    quiet: p.Quiet = False,
-) -> int:
+@p.command((*_QUEUE, "output", "follow_queue", "trim", "fail", "summary", "quiet"))
+def collect_command(values: p.Values) -> int:
+    """Write the records of a Redis queue as JSON lines, each exactly once."""
     from asyncfetch import distributed
 
+    output = values["output"]
     if output is not None and output.is_dir():
         raise UsageError(f"--output {output}: is a directory")
-    display = p.display_choice(progress=False, summary=summary, quiet=quiet)
+    display = p.display_choice(values)
     written = distributed.IndexBitmap()
     if output is not None and output.exists():
         # Collecting again into the same file: what it holds is not written twice.
@@ -189,6 +151,7 @@ def collect_command(
                     written.note_line(line)
         except OSError as exc:
             raise UsageError(f"cannot read {output}: {exc.strerror or exc}") from None
+    redis_url = values["redis_url"]
 
     async def main(control: RunControl) -> int:
         stats = RunStats()
@@ -203,11 +166,11 @@ def collect_command(
         try:
             await distributed.collect(
                 client,
-                distributed.QueueKeys(queue),
+                distributed.QueueKeys(values["queue"]),
                 write,
                 written=written,
-                follow=follow_queue,
-                trim=trim,
+                follow=values["follow_queue"],
+                trim=values["trim"],
                 flush=writer.flush,
                 stop=control.stop,
             )
@@ -217,29 +180,28 @@ def collect_command(
                 os.close(fd)
             await client.aclose()
         if writer.error is not None:
-            sys.stderr.write(f"asyncfetch: error: cannot write records: {writer.error.strerror or writer.error}\n")
-            return ExitStatus.FAILURES
+            raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
         if display.summary:
-            sys.stderr.write(
-                f"asyncfetch: collected {stats.records:,} records: {stats.ok:,} ok, "
-                f"{stats.http_errors:,} HTTP >= 400, {stats.failed:,} errors\n"
-            )
-        if control.interrupted:
-            return ExitStatus.INTERRUPTED
-        return ExitStatus.FAILURES if stats.failed or (fail and stats.http_errors) else ExitStatus.OK
+            sys.stderr.write(f"asyncfetch: collected {stats.records:,} records: {outcome_line(stats)}\n")
+        return outcome_status(
+            failed=stats.failed, http_errors=stats.http_errors, fail=values["fail"], interrupted=control.interrupted
+        )
 
     return _run_with_redis(main, redis_url)
 
 
-@app.command("status", help="Print a queue's state as JSON: queued, done, failed, chunks, workers.")
-def status_command(redis_url: p.RedisUrl = p.DEFAULT_REDIS, queue: p.QueueName = "default") -> int:
+@p.command(_QUEUE)
+def status_command(values: p.Values) -> int:
+    """Print a queue's state as JSON: queued, done, failed, chunks, workers."""
     from asyncfetch import distributed
+
+    redis_url = values["redis_url"]
 
     async def main(control: RunControl) -> int:
         del control
         client = distributed.connect(redis_url)
         try:
-            state = await distributed.status(client, distributed.QueueKeys(queue))
+            state = await distributed.status(client, distributed.QueueKeys(values["queue"]))
         finally:
             await client.aclose()
         sys.stdout.write(json.dumps(state, indent=2) + "\n")

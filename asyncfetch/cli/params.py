@@ -1,214 +1,384 @@
-"""The command-line options, declared once and shared by the commands that take them.
+"""Every command-line option, declared once: flags, help, panel, and how its value reaches the engine.
 
-Each option also reads ``ASYNCFETCH_<OPTION>`` from the environment (``ASYNCFETCH_CONCURRENCY=200``,
-``ASYNCFETCH_FAIL=1``); ``-H`` reads ``ASYNCFETCH_HEADER``, one header per line, in the command.
+An engine option names the :class:`~asyncfetch.options.FetchOptions` field it sets; its default
+and its checks are that field's (the help shows the default read from there). A command takes
+its options from this table by name (:func:`command`), so ``fetch`` and ``work`` share one
+declaration of each. Every option reads ``ASYNCFETCH_<NAME>`` from the environment, NAME being
+its long flag in upper case with ``_`` for ``-`` (``ASYNCFETCH_PER_HOST``); ``-H`` reads
+``ASYNCFETCH_HEADER``, one header per line.
+
+Adding an option: one :class:`Param` in :data:`PARAMS`, and its name in the commands' lists.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
+import inspect
+import os
 import sys
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from asyncfetch.options import DEFAULT_USER_AGENT
+from asyncfetch.cli.status import UsageError
+from asyncfetch.options import FetchOptions, format_size, parse_header, parse_size
+from asyncfetch.source import STDIN
 
 REQUEST = "Requests"
 ENGINE = "Fetching"
-RECORDS = "Records and output"
+RECORDS = "Records"
+OUTPUT = "Output and exit status"
 DISPLAY = "Display"
 QUEUE = "Queue (Redis)"
 
+ENV_PREFIX = "ASYNCFETCH_"
 
-def env(name: str) -> str:
-    """The environment variable of an option: ``ASYNCFETCH_`` and its name."""
-    return f"ASYNCFETCH_{name}"
+# The command line being run (without the program name), for messages that repeat it.
+ARGV: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ARGV", default=())
+
+# Given for "not on the command line": the FetchOptions default then holds.
+_UNSET: Any = None
+_FIELDS = {f.name: f for f in dataclasses.fields(FetchOptions)}
+
+
+def env_name(flag: str) -> str:
+    """The environment variable of an option, from its long flag: ``--per-host`` → ``ASYNCFETCH_PER_HOST``."""
+    return ENV_PREFIX + flag.split("/", maxsplit=1)[0].lstrip("-").replace("-", "_").upper()
+
+
+def current_argv() -> tuple[str, ...]:
+    """The arguments of the command being run, as typed."""
+    return ARGV.get()
+
+
+def env_lines(name: str) -> list[str]:
+    """The non-blank lines of an environment variable (``ASYNCFETCH_HEADER``: one header each)."""
+    return [line for line in os.environ.get(name, "").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One option: its flags and help, and the FetchOptions field it sets (None: the CLI's own)."""
+
+    name: str  # the parameter name the command receives
+    flags: tuple[str, ...]
+    kind: Any  # the type typer parses (bool options are flags)
+    help: str
+    panel: str
+    field: str | None = None  # FetchOptions field; its default and checks apply
+    convert: Callable[[Any], Any] | None = None  # command-line value -> field value
+    default: Any = _UNSET  # CLI-only options: their default
+    metavar: str | None = None
+    env: str | None = ""  # "" derives it from the long flag; None: no variable
+    shown_default: str | None = None  # the help's "(default: ...)" when the field's reads badly
+
+    @property
+    def is_flag(self) -> bool:
+        return self.kind is bool or self.kind == (bool | None)
+
+    def cli_default(self) -> Any:
+        """What typer gets as the default: a flag's real default, else "not given"."""
+        if self.field is not None and self.is_flag:
+            return _FIELDS[self.field].default
+        return self.default
+
+    def default_text(self) -> str | None:
+        """The default shown in the help, read from FetchOptions for engine options."""
+        if self.shown_default is not None:
+            return self.shown_default
+        if self.field is None or self.is_flag:
+            return None
+        value = _FIELDS[self.field].default
+        if value is None or value == () or value is dataclasses.MISSING:
+            return None
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def variable(self) -> str | None:
+        if self.env is None:
+            return None
+        return self.env or env_name(next(f for f in self.flags if f.startswith("--")))
+
+    def annotation(self) -> Any:
+        kind = self.kind
+        optional = kind if self.cli_default() is not None or kind == (bool | None) else kind | None
+        info = typer.Option(
+            *self.flags,
+            envvar=self.variable(),
+            help=self.help,
+            rich_help_panel=self.panel,
+            metavar=self.metavar,
+            show_default=False,
+            show_envvar=False,
+        )
+        return Annotated[optional, info]
+
+
+def _method(text: str) -> str:
+    return text.upper()
+
+
+def _headers(texts: list[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_header(text) for text in texts)
+
+
+def _data(text: str) -> bytes:
+    if not text.startswith("@"):
+        return text.encode("utf-8")
+    path = text[1:]
+    if path == STDIN:
+        raise ValueError("-d @- is not supported: standard input carries the requests")
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read --data file {path}: {exc.strerror or exc}") from None
+
+
+def _save_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--save {path}: not a directory")
+    return path
+
+
+_PARAMS = (
+    # -- what each request carries ------------------------------------------------------------
+    Param("method", ("--method", "-X"), str, "Method for URL lines (GET; POST with -d).", REQUEST, "method", _method),
+    Param(
+        "header",
+        ("--header", "-H"),
+        list[str],
+        "'Name: value' added to every request; repeatable.",
+        REQUEST,
+        "headers",
+        _headers,
+        env=None,
+        metavar="TEXT",
+    ),
+    Param("data", ("--data", "-d"), str, "Body for URL lines; @FILE reads FILE.", REQUEST, "data", _data),
+    Param(
+        "user_agent",
+        ("--user-agent", "-A"),
+        str,
+        "User-Agent header.",
+        REQUEST,
+        "user_agent",
+        shown_default="asyncfetch/VERSION",
+    ),
+    # -- how requests are made ----------------------------------------------------------------
+    Param("concurrency", ("--concurrency", "-c"), int, "Requests in flight at once.", ENGINE, "concurrency"),
+    Param("per_host", ("--per-host",), int, "At most N in flight to one host (0: no limit).", ENGINE, "per_host"),
+    Param("rate", ("--rate",), float, "At most R request starts per second.", ENGINE, "rate"),
+    Param("timeout", ("--timeout", "-t"), float, "Deadline of one attempt, body included (s).", ENGINE, "timeout"),
+    Param(
+        "connect_timeout",
+        ("--connect-timeout",),
+        float,
+        "Deadline to connect (s).",
+        ENGINE,
+        "connect_timeout",
+        shown_default="min(10, -t)",
+    ),
+    Param("retries", ("--retries", "-r"), int, "Retries after a transient failure.", ENGINE, "retries"),
+    Param("max_retry_wait", ("--max-retry-wait",), float, "Longest wait before a retry (s).", ENGINE, "max_retry_wait"),
+    Param("follow", ("--follow/--no-follow",), bool, "Follow redirects (default: on).", ENGINE, "follow"),
+    Param("max_redirects", ("--max-redirects",), int, "Most redirects followed.", ENGINE, "max_redirects"),
+    Param("http2", ("--http2",), bool, "Negotiate HTTP/2 where the server offers it.", ENGINE, "http2"),
+    Param("proxy", ("--proxy",), str, "Proxy for every request; default: the *_PROXY variables.", ENGINE, "proxy"),
+    Param("insecure", ("--insecure", "-k"), bool, "Do not verify TLS certificates.", ENGINE, "insecure"),
+    Param(
+        "max_size",
+        ("--max-size",),
+        str,
+        "Largest body, after decoding; K, M, G suffixes.",
+        ENGINE,
+        "max_size",
+        parse_size,
+        shown_default=format_size(FetchOptions().max_size),
+        metavar="BYTES",
+    ),
+    # -- what records carry -------------------------------------------------------------------
+    Param("headers", ("--headers",), bool, "Add the response headers to records.", RECORDS, "include_headers"),
+    Param("body", ("--body",), bool, "Add the response body to records.", RECORDS, "include_body"),
+    Param(
+        "save",
+        ("--save",),
+        Path,
+        "Write each complete body to a file in DIR.",
+        RECORDS,
+        "save_dir",
+        _save_dir,
+        metavar="DIR",
+    ),
+    Param("dedupe", ("--dedupe",), bool, "Fetch each distinct URL once.", RECORDS, "dedupe"),
+    Param("ordered", ("--ordered",), bool, "Write records in input order.", RECORDS, "ordered"),
+    # -- where records go, and how the run ends -------------------------------------------------
+    Param("output", ("--output", "-o"), Path, "Write records to FILE, not stdout.", OUTPUT, metavar="FILE"),
+    Param("resume", ("--resume",), bool, "With -o: skip requests FILE already has, append.", OUTPUT, default=False),
+    Param("fail", ("--fail",), bool, "Exit 1 when a status is 400 or more, too.", OUTPUT, default=False),
+    # -- what people see ----------------------------------------------------------------------
+    Param(
+        "progress",
+        ("--progress/--no-progress",),
+        bool | None,
+        "Progress bar (default: when stderr is a terminal).",
+        DISPLAY,
+    ),
+    Param("summary", ("--summary/--no-summary",), bool | None, "Closing summary (default: as --progress).", DISPLAY),
+    Param("quiet", ("--quiet", "-q"), bool, "No progress, no summary, no warnings.", DISPLAY, default=False),
+    # -- the queue --------------------------------------------------------------------------------
+    Param(
+        "redis_url",
+        ("--redis",),
+        str,
+        "Redis URL: redis://:PASSWORD@HOST:PORT/DB; rediss:// for TLS.",
+        QUEUE,
+        default="redis://localhost:6379/0",
+        shown_default="redis://localhost:6379/0",
+        metavar="URL",
+    ),
+    Param(
+        "queue",
+        ("--queue",),
+        str,
+        "Queue name (several can share one Redis).",
+        QUEUE,
+        default="default",
+        shown_default="default",
+    ),
+    Param("name", ("--name",), str, "Worker name (default: HOST-PID).", QUEUE, env="ASYNCFETCH_WORKER_NAME"),
+    Param(
+        "claim_after",
+        ("--claim-after",),
+        float,
+        "Seconds a silent worker keeps its chunks.",
+        QUEUE,
+        default=60.0,
+        shown_default="60",
+    ),
+    Param("burst", ("--burst",), bool, "Exit once the queue has nothing left.", QUEUE, default=False),
+    Param("chunk_size", ("--chunk-size",), int, "Requests per queue entry.", QUEUE, default=500, shown_default="500"),
+    Param(
+        "follow_queue",
+        ("--follow", "-f"),
+        bool,
+        "Keep collecting until every queued request has its record.",
+        QUEUE,
+        default=False,
+        env="ASYNCFETCH_COLLECT_FOLLOW",
+    ),
+    Param("trim", ("--trim",), bool, "Delete records from Redis once written.", QUEUE, default=False),
+)
+PARAMS: Mapping[str, Param] = {param.name: param for param in _PARAMS}
+
+REQUEST_OPTIONS = ("method", "header", "data", "user_agent")
+ENGINE_OPTIONS = (
+    "concurrency",
+    "per_host",
+    "rate",
+    "timeout",
+    "connect_timeout",
+    "retries",
+    "max_retry_wait",
+    "follow",
+    "max_redirects",
+    "http2",
+    "proxy",
+    "insecure",
+    "max_size",
+    "headers",
+    "body",
+    "save",
+)
+FETCH_OPTIONS = (*REQUEST_OPTIONS, *ENGINE_OPTIONS, "dedupe", "ordered", "output", "resume", "fail")
+DISPLAY_OPTIONS = ("progress", "summary", "quiet")
+
+
+class Values(dict[str, Any]):
+    """The options a command was given, by name; :meth:`options` turns the engine's into FetchOptions."""
+
+    def options(self, **extra: Any) -> FetchOptions:
+        """FetchOptions from the engine options given (the rest keep FetchOptions' defaults)."""
+        fields: dict[str, Any] = {}
+        for name, given in self.items():
+            param = PARAMS.get(name)
+            if param is None or param.field is None:
+                continue
+            value = env_lines(ENV_PREFIX + "HEADER") or None if name == "header" and not given else given
+            if value is None:
+                continue
+            try:
+                fields[param.field] = param.convert(value) if param.convert is not None else value
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        try:
+            return FetchOptions(**fields, **extra)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def command(names: Iterable[str], *, extra: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """Decorate ``impl(values: Values, **extra) -> int``: a typer callback taking the named options.
+
+    ``extra`` holds the command's own parameters (arguments, eager options) as name to
+    annotation (with its default): they are passed to ``impl`` as keywords.
+    """
+    chosen = [PARAMS[name] for name in names]
+    own = dict(extra or {})
+
+    def decorate(impl: Callable[..., int]) -> Callable[..., int]:
+        def callback(**given: Any) -> int:
+            kept = {name: given.pop(name) for name in own}
+            return impl(Values(given), **kept)
+
+        parameters = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, (annotation, default) in own.items()
+        ]
+        parameters += [
+            inspect.Parameter(
+                p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.annotation(), default=p.cli_default()
+            )
+            for p in chosen
+        ]
+        callback.__signature__ = inspect.Signature(parameters, return_annotation=int)  # type: ignore[attr-defined]
+        callback.__name__ = impl.__name__
+        callback.__doc__ = impl.__doc__
+        callback.__annotations__ = {}
+        return callback
+
+    return decorate
+
+
+def inputs_argument(help_text: str) -> tuple[Any, None]:
+    """The ``INPUT ...`` argument, as a (annotation, default) pair for :func:`command`."""
+    info = typer.Argument(metavar="[INPUT]...", show_default=False, help=help_text)
+    return (Annotated[list[str] | None, info], None)
 
 
 @dataclass(frozen=True, slots=True)
 class DisplayChoice:
-    """Whether the progress bar and the summary are shown."""
+    """Whether the progress bar, the summary and warnings are shown."""
 
     progress: bool
     summary: bool
+    warnings: bool
 
 
-def display_choice(
-    *, progress: bool | None, summary: bool | None, quiet: bool, records_on_stdout: bool = True
-) -> DisplayChoice:
-    """Each on when asked, else when stderr is a terminal; neither with ``--quiet``.
+def display_choice(values: Mapping[str, Any], *, records_on_stdout: bool = True) -> DisplayChoice:
+    """Each on when asked, else when stderr is a terminal; none of them with ``--quiet``.
 
     The bar is off by default when records go to the same terminal (as curl's meter is):
     a redrawn line and the records would be printed over each other.
     """
+    quiet = bool(values.get("quiet"))
+    progress, summary = values.get("progress"), values.get("summary")
     terminal = sys.stderr is not None and sys.stderr.isatty()
     records_on_terminal = records_on_stdout and sys.stdout is not None and sys.stdout.isatty()
     return DisplayChoice(
-        progress=not quiet and (terminal and not records_on_terminal if progress is None else progress),
-        summary=not quiet and (terminal if summary is None else summary),
+        progress=not quiet and (terminal and not records_on_terminal if progress is None else bool(progress)),
+        summary=not quiet and (terminal if summary is None else bool(summary)),
+        warnings=not quiet,
     )
-
-
-def _option(*names: str, var: str | None, help: str, panel: str, **extra: Any) -> typer.models.OptionInfo:
-    info: typer.models.OptionInfo = typer.Option(
-        *names, envvar=env(var) if var else None, help=help, rich_help_panel=panel, **extra
-    )
-    return info
-
-
-Inputs = Annotated[
-    list[str] | None,
-    typer.Argument(metavar="INPUT", show_default=False, help="Request files; - or none is standard input."),
-]
-
-# -- what each request carries --------------------------------------------------------------------
-Method = Annotated[
-    str | None,
-    _option("--method", "-X", var="METHOD", help="Method for URL lines; default GET, POST with -d.", panel=REQUEST),
-]
-Header = Annotated[
-    list[str] | None,
-    _option(
-        "--header",
-        "-H",
-        var=None,
-        help="'Name: value' for every request (repeatable).",
-        panel=REQUEST,
-        show_default=False,
-    ),
-]
-Data = Annotated[
-    str | None, _option("--data", "-d", var="DATA", help="Body for URL lines; @FILE reads FILE.", panel=REQUEST)
-]
-UserAgent = Annotated[str, _option("--user-agent", "-A", var="USER_AGENT", help="User-Agent header.", panel=REQUEST)]
-DEFAULT_UA = DEFAULT_USER_AGENT
-
-# -- how requests are made --------------------------------------------------------------------------
-Concurrency = Annotated[
-    int, _option("--concurrency", "-c", var="CONCURRENCY", help="Requests in flight at once.", panel=ENGINE)
-]
-PerHost = Annotated[
-    int, _option("--per-host", var="PER_HOST", help="At most N in flight to one host (0: no limit).", panel=ENGINE)
-]
-Rate = Annotated[float | None, _option("--rate", var="RATE", help="At most R request starts per second.", panel=ENGINE)]
-Timeout = Annotated[
-    float, _option("--timeout", "-t", var="TIMEOUT", help="Deadline of one attempt, body included (s).", panel=ENGINE)
-]
-ConnectTimeout = Annotated[
-    float | None,
-    _option(
-        "--connect-timeout", var="CONNECT_TIMEOUT", help="Deadline to connect (s); default min(10, -t).", panel=ENGINE
-    ),
-]
-Retries = Annotated[
-    int, _option("--retries", "-r", var="RETRIES", help="Retries after a transient failure.", panel=ENGINE)
-]
-MaxRetryWait = Annotated[
-    float, _option("--max-retry-wait", var="MAX_RETRY_WAIT", help="Longest wait before a retry (s).", panel=ENGINE)
-]
-Follow = Annotated[bool, _option("--follow/--no-follow", var="FOLLOW", help="Follow redirects.", panel=ENGINE)]
-MaxRedirects = Annotated[
-    int, _option("--max-redirects", var="MAX_REDIRECTS", help="Most redirects followed.", panel=ENGINE)
-]
-Http2 = Annotated[
-    bool, _option("--http2", var="HTTP2", help="Negotiate HTTP/2 where the server offers it.", panel=ENGINE)
-]
-Proxy = Annotated[
-    str | None,
-    _option("--proxy", var="PROXY", help="Proxy for every request; default the *_PROXY variables.", panel=ENGINE),
-]
-Insecure = Annotated[
-    bool, _option("--insecure", "-k", var="INSECURE", help="Do not verify TLS certificates.", panel=ENGINE)
-]
-MaxSize = Annotated[
-    str, _option("--max-size", var="MAX_SIZE", help="Largest body, after decoding; K, M, G suffixes.", panel=ENGINE)
-]
-
-# -- records and where they go ---------------------------------------------------------------------
-Headers = Annotated[
-    bool, _option("--headers", var="HEADERS", help="Add the response headers to records.", panel=RECORDS)
-]
-Body = Annotated[bool, _option("--body", var="BODY", help="Add the response body to records.", panel=RECORDS)]
-Save = Annotated[
-    Path | None, _option("--save", var="SAVE", help="Write each complete body to a file in DIR.", panel=RECORDS)
-]
-Output = Annotated[
-    Path | None, _option("--output", "-o", var="OUTPUT", help="Write records to FILE, not stdout.", panel=RECORDS)
-]
-Resume = Annotated[
-    bool, _option("--resume", var="RESUME", help="With -o: skip requests FILE already records.", panel=RECORDS)
-]
-Dedupe = Annotated[bool, _option("--dedupe", var="DEDUPE", help="Fetch each distinct URL once.", panel=RECORDS)]
-Ordered = Annotated[bool, _option("--ordered", var="ORDERED", help="Write records in input order.", panel=RECORDS)]
-Fail = Annotated[bool, _option("--fail", var="FAIL", help="Exit 1 when a status is 400 or more, too.", panel=RECORDS)]
-
-# -- what people see --------------------------------------------------------------------------------
-Progress = Annotated[
-    bool | None,
-    _option(
-        "--progress/--no-progress",
-        var="PROGRESS",
-        help="Progress bar; default on when stderr is a terminal.",
-        panel=DISPLAY,
-    ),
-]
-Summary = Annotated[
-    bool | None,
-    _option(
-        "--summary/--no-summary",
-        var="SUMMARY",
-        help="Closing summary; default on when stderr is a terminal.",
-        panel=DISPLAY,
-    ),
-]
-Quiet = Annotated[bool, _option("--quiet", "-q", var="QUIET", help="Neither progress nor summary.", panel=DISPLAY)]
-
-# -- the queue ------------------------------------------------------------------------------------------
-RedisUrl = Annotated[
-    str,
-    _option(
-        "--redis",
-        var="REDIS",
-        help="Redis URL: redis://:PASSWORD@HOST:PORT/DB (password, port and db optional); rediss:// for TLS.",
-        panel=QUEUE,
-    ),
-]
-QueueName = Annotated[
-    str, _option("--queue", var="QUEUE", help="Queue name (several can share one Redis).", panel=QUEUE)
-]
-DEFAULT_REDIS = "redis://localhost:6379/0"
-WorkerName = Annotated[
-    str | None, _option("--name", var="WORKER_NAME", help="Worker name; default HOST-PID.", panel=QUEUE)
-]
-ClaimAfter = Annotated[
-    float,
-    _option(
-        "--claim-after",
-        var="CLAIM_AFTER",
-        help="Seconds a worker may stay silent before others take over its chunks.",
-        panel=QUEUE,
-    ),
-]
-Burst = Annotated[bool, _option("--burst", var="BURST", help="Exit once the queue has nothing left.", panel=QUEUE)]
-ChunkSize = Annotated[int, _option("--chunk-size", var="CHUNK_SIZE", help="Requests per queue entry.", panel=QUEUE)]
-FollowQueue = Annotated[
-    bool,
-    _option(
-        "--follow",
-        "-f",
-        var="COLLECT_FOLLOW",
-        help="Keep collecting until every queued request has its record.",
-        panel=QUEUE,
-    ),
-]
-Trim = Annotated[
-    bool,
-    _option(
-        "--trim",
-        var="TRIM",
-        help="Delete records from Redis once written (a single collector of a big queue).",
-        panel=QUEUE,
-    ),
-]

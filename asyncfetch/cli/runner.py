@@ -10,21 +10,22 @@ import asyncio
 import ctypes
 import os
 import resource
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from asyncfetch.cli.status import CommandError, ExitStatus, InputFailure, UsageError, outcome_status, warn
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
 from asyncfetch.resume import DoneSet, scan_output
 from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import InputError, LineReader, estimate_total
+from asyncfetch.source import Input, InputError, LineReader, estimate_total
 from asyncfetch.stats import RunStats
 
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
@@ -34,27 +35,21 @@ _RESOLVER_THREADS = 32
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 
 
-class ExitStatus(IntEnum):
-    """How the process ends; decided in :func:`exit_status` and the signal paths only."""
-
-    OK = 0  # every request got an HTTP response (with --fail: every status < 400)
-    FAILURES = 1  # at least one error record (with --fail: or a status >= 400)
-    USAGE = 2  # bad options or unreadable INPUT: nothing fetched
-    INTERRUPTED = 130  # 128 + SIGINT: stopped on SIGINT or SIGTERM
-    PIPE_CLOSED = 141  # 128 + SIGPIPE: the reader of stdout went away
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A validated command line: what to read, how to fetch, where records and reports go."""
 
-    inputs: list[str]
+    inputs: list[Input]
     options: FetchOptions
     output: Path | None
     resume: bool
     fail: bool
     progress: bool
     summary: bool
+    warnings: bool = True
+    # The command line as typed (without the program name): the summary of an interrupted
+    # run shows the one that finishes the job.
+    argv: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -87,13 +82,6 @@ class RunControl:
             hook()
         sys.stderr.flush()
         os._exit(status)
-
-
-def exit_status(stats: RunStats, *, fail: bool) -> ExitStatus:
-    """0 when every request got a response (and, with ``fail``, a status below 400), else 1."""
-    if stats.failed or (fail and stats.http_errors):
-        return ExitStatus.FAILURES
-    return ExitStatus.OK
 
 
 def _keep_freed_heap() -> None:
@@ -142,8 +130,9 @@ def open_output(path: Path, *, append: bool) -> int:
 
 
 def execute(plan: Plan) -> int:
-    """Run the one-machine fetch to its end and return the exit status."""
-    options = replace(plan.options, concurrency=claim_open_files(plan.options.concurrency))
+    """Run the one-machine fetch to its end and return the exit status (or raise a CommandError)."""
+    concurrency = claim_open_files(plan.options.concurrency, warnings=plan.warnings)
+    options = replace(plan.options, concurrency=concurrency)
     done: DoneSet | None = None
     if plan.output is not None:
         try:
@@ -151,11 +140,9 @@ def execute(plan: Plan) -> int:
                 done = scan_output(str(plan.output))
             out_fd = open_output(plan.output, append=plan.resume)
         except OSError as exc:
-            sys.stderr.write(f"asyncfetch: error: cannot write {plan.output}: {exc.strerror or exc}\n")
-            return ExitStatus.USAGE
+            raise UsageError(f"cannot write {plan.output}: {exc.strerror or exc}") from None
     elif sys.stdout is None:  # started with stdout closed (`>&-`)
-        sys.stderr.write("asyncfetch: error: cannot write records: standard output is closed\n")
-        return ExitStatus.FAILURES
+        raise CommandError("cannot write records: standard output is closed")
     else:
         out_fd = sys.stdout.fileno()
     try:
@@ -171,8 +158,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
     try:
         run = fetch(reader, options=plan.options, stop=control.stop, skip=done)
     except OSError as exc:  # --save DIR cannot be made
-        sys.stderr.write(f"asyncfetch: error: cannot use --save {plan.options.save_dir}: {exc.strerror or exc}\n")
-        return ExitStatus.USAGE
+        raise UsageError(f"cannot use --save {plan.options.save_dir}: {exc.strerror or exc}") from None
     stop_display = _start_progress(plan, reader, run, stats) if plan.progress else None
     if stop_display is not None:
         control.before_exit.append(stop_display)
@@ -183,29 +169,50 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
                 writer.write(record.to_line())
                 stats.add(record)
     except OSError as exc:
-        sys.stderr.write(f"asyncfetch: error: cannot write records: {exc.strerror or exc}\n")
-        return ExitStatus.FAILURES
+        raise CommandError(f"cannot write records: {exc.strerror or exc}") from None
     except SaveError as exc:
-        sys.stderr.write(f"asyncfetch: error: {exc}\n")
-        return ExitStatus.FAILURES
+        raise CommandError(str(exc)) from None
     except InputError as exc:  # an INPUT that became unreadable midway
-        sys.stderr.write(f"asyncfetch: error: {exc}\n")
-        return ExitStatus.USAGE
+        raise InputFailure(str(exc)) from None
     finally:
         writer.flush()
         if stop_display is not None:
             stop_display()
     if writer.error is not None:
-        sys.stderr.write(f"asyncfetch: error: cannot write records: {writer.error.strerror or writer.error}\n")
-        return ExitStatus.FAILURES
+        raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
     if plan.summary:
-        from asyncfetch.cli.display import format_summary
+        from asyncfetch.cli.display import Interruption, format_summary
 
-        sys.stderr.write(format_summary(stats, interrupted=control.interrupted))
+        interruption = None
+        if control.interrupted:
+            read = run.requests_read
+            interruption = Interruption(
+                not_fetched=max(0, read - stats.records - run.skipped),
+                unread=None if reader.finished else _unread(plan.inputs, read),
+                abandoned_attempts=run.attempts_started - stats.attempts,
+                resume=resume_command(plan),
+            )
+        sys.stderr.write(format_summary(stats, interrupted=interruption))
         sys.stderr.flush()
-    if control.interrupted:
-        return ExitStatus.INTERRUPTED
-    return exit_status(stats, fail=plan.fail)
+    return outcome_status(
+        failed=stats.failed, http_errors=stats.http_errors, fail=plan.fail, interrupted=control.interrupted
+    )
+
+
+def _unread(inputs: list[Input], read: int) -> int | None:
+    """Requests the INPUTs hold beyond the ``read`` taken so far, when that can be counted."""
+    total = estimate_total(inputs)
+    return None if total is None else max(0, total - read)
+
+
+def resume_command(plan: Plan) -> str | None:
+    """The command that finishes an interrupted run: this one with ``--resume`` (needs ``-o``)."""
+    if plan.output is None or not plan.argv:
+        return None
+    args = list(plan.argv)
+    if not plan.resume:
+        args.insert(0, "--resume")
+    return shlex.join(["asyncfetch", *args])
 
 
 def _start_progress(plan: Plan, reader: LineReader, run: Any, stats: RunStats) -> Callable[[], None]:
@@ -243,8 +250,8 @@ def _start_progress(plan: Plan, reader: LineReader, run: Any, stats: RunStats) -
     return stop
 
 
-def claim_open_files(concurrency: int) -> int:
-    """Raise the open-file limit as far as allowed; the concurrency it can carry, with a warning."""
+def claim_open_files(concurrency: int, *, warnings: bool = True) -> int:
+    """Raise the open-file limit as far as allowed; the concurrency it can carry (a warning if less)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = concurrency + _FD_RESERVE
     ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
@@ -258,8 +265,9 @@ def claim_open_files(concurrency: int) -> int:
     if available >= wanted:
         return concurrency
     carried = max(1, available - _FD_RESERVE)
-    sys.stderr.write(
-        f"asyncfetch: warning: -c {concurrency} needs about {wanted} open files, but this process may have "
-        f"{available} (ulimit -n): running {carried} requests at a time\n"
-    )
+    if warnings:
+        warn(
+            f"-c {concurrency} needs about {wanted} open files, but this process may have "
+            f"{available} (ulimit -n): running {carried} requests at a time"
+        )
     return carried
