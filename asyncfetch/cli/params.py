@@ -226,7 +226,13 @@ _PARAMS = (
         "Progress bar (default: when stderr is a terminal).",
         DISPLAY,
     ),
-    Param("summary", ("--summary/--no-summary",), bool | None, "Closing summary (default: as --progress).", DISPLAY),
+    Param(
+        "summary",
+        ("--summary/--no-summary",),
+        bool | None,
+        "Closing summary (default: when stderr is a terminal).",
+        DISPLAY,
+    ),
     Param("quiet", ("--quiet", "-q"), bool, "No progress, no summary, no warnings.", DISPLAY, default=False),
     # -- the queue --------------------------------------------------------------------------------
     Param(

@@ -188,7 +188,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
             read = run.requests_read
             interruption = Interruption(
                 not_fetched=max(0, read - stats.records - run.skipped),
-                unread=None if reader.finished else _unread(plan.inputs, read),
+                unread=0 if reader.finished else _unread(plan.inputs, read),
                 abandoned_attempts=run.attempts_started - stats.attempts,
                 resume=resume_command(plan),
             )

@@ -1,0 +1,231 @@
+"""What a new user meets first: the help, usage errors, URL arguments, `-` on a terminal, ^C, the bar."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from asyncfetch.cli.display import Interruption, ProgressDisplay, format_summary
+from asyncfetch.stats import RunStats
+from tests.cli_process import COMMAND, cli_env, open_terminal, running, write_lines
+from tests.conftest import records_of, run_cli
+from tests.server import TestServer
+
+
+def _wait_for(condition: str, check: object, timeout: float = 10.0) -> None:
+    """Poll ``check()`` until true; fail naming ``condition`` after ``timeout`` s."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        time.sleep(0.02)
+
+
+# -- the help ---------------------------------------------------------------------------------------
+def test_help_fits_a_screen_with_examples_exit_statuses_and_the_queue_commands() -> None:
+    """`asyncfetch --help` at 80 columns: usage as errors show it, examples, exit statuses, commands,
+    the env-var rule said once, and no per-option `[env var: ...]` lines."""
+    result = run_cli("--help", env={"COLUMNS": "80"})
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert len(lines) <= 90
+    assert lines[0] == "Usage: asyncfetch [OPTIONS] [INPUT]..."
+    assert "Examples:" in text
+    assert "Exit status: 0" in text
+    for command in ("enqueue", "work", "collect", "status"):
+        assert any(line.startswith(f"  {command} ") for line in lines), command
+    assert text.count("ASYNCFETCH_<OPTION>") == 1
+    assert "env var" not in text
+    assert "README" in text
+    usage_error = run_cli("-c", "0", "x").stderr.decode().splitlines()
+    assert usage_error[0] == lines[0]
+
+
+def test_a_queue_commands_help_and_usage_errors_name_that_command() -> None:
+    """`asyncfetch work --help` shows work's options only (no --progress), and its usage errors say `work`."""
+    help_text = run_cli("work", "--help").stdout.decode()
+    assert help_text.startswith("Usage: asyncfetch work [OPTIONS]")
+    assert "--concurrency" in help_text
+    assert "--progress" not in help_text
+    assert "--ordered" not in help_text
+    error = run_cli("work", "--claim-after", "0")
+    assert error.returncode == 2
+    assert error.stderr.decode().splitlines()[0] == "Usage: asyncfetch work [OPTIONS]"
+
+
+def test_the_queue_commands_complete_in_the_shell() -> None:
+    """Completing the first word offers the commands (typer's bash completion protocol)."""
+    result = run_cli(
+        env={"_ASYNCFETCH_COMPLETE": "complete_bash", "COMP_WORDS": "asyncfetch wo", "COMP_CWORD": "1"},
+    )
+    assert "work" in result.stdout.decode().split()
+
+
+# -- usage errors -------------------------------------------------------------------------------------
+def test_a_bad_value_on_the_command_line_does_not_blame_the_environment() -> None:
+    """`-c abc` names the option and the value; it says nothing of ASYNCFETCH_CONCURRENCY, which is unset."""
+    result = run_cli("-c", "abc", "x")
+    assert result.returncode == 2
+    last = result.stderr.decode().splitlines()[-1]
+    assert "--concurrency" in last
+    assert "'abc'" in last
+    assert "ASYNCFETCH_CONCURRENCY" not in last
+
+
+def test_a_bad_value_from_the_environment_names_the_variable() -> None:
+    result = run_cli("x", env={"ASYNCFETCH_CONCURRENCY": "abc"})
+    assert result.returncode == 2
+    assert "(from ASYNCFETCH_CONCURRENCY)" in result.stderr.decode()
+
+
+def test_a_misspelt_option_suggests_the_nearest_one_only() -> None:
+    result = run_cli("--concurency", "3", "x")
+    assert result.returncode == 2
+    last = result.stderr.decode().splitlines()[-1]
+    assert "did you mean --concurrency?" in last
+    assert "--insecure" not in last
+
+
+# -- URL arguments --------------------------------------------------------------------------------------
+def test_a_url_argument_is_fetched_like_curl_mixed_with_files(fresh_server: TestServer, tmp_path: Path) -> None:
+    """URLs given as arguments are requests, in argument order with the files' lines (indexes follow)."""
+    listing = write_lines(tmp_path / "urls.txt", [fresh_server.url("/ok?from=file")])
+    result = run_cli(fresh_server.url("/ok?from=arg"), str(listing), "--ordered")
+    assert result.returncode == 0, result.stderr
+    records = records_of(result.stdout)
+    assert [(r["index"], r["url"], r["status"]) for r in records] == [
+        (0, fresh_server.url("/ok?from=arg"), 200),
+        (1, fresh_server.url("/ok?from=file"), 200),
+    ]
+
+
+def test_a_bare_host_argument_is_a_url_when_no_such_file_exists(fresh_server: TestServer, tmp_path: Path) -> None:
+    """`localhost:PORT/ok` with no file of that name is fetched (with the default scheme)."""
+    bare = fresh_server.url("/ok").removeprefix("http://").replace("127.0.0.1", "localhost")
+    result = run_cli(bare, cwd=tmp_path)
+    records = records_of(result.stdout)
+    assert len(records) == 1
+    assert records[0]["url"] == f"https://{bare}"  # the contract's default scheme, curl's is http
+    assert fresh_server.stats.connections >= 0
+
+
+def test_a_missing_list_file_is_a_usage_error_not_a_host(tmp_path: Path) -> None:
+    """A mistyped `urls.txt` says the file is missing: it is never fetched as https://urls.txt."""
+    result = run_cli("urls.txt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot read urls.txt" in result.stderr.decode()
+    assert result.stdout == b""
+
+
+def test_an_existing_file_wins_over_a_url_look_alike(fresh_server: TestServer, tmp_path: Path) -> None:
+    """A file named like a host is read as a file."""
+    write_lines(tmp_path / "example.com", [fresh_server.url("/ok")])
+    result = run_cli("example.com", cwd=tmp_path)
+    assert [r["url"] for r in records_of(result.stdout)] == [fresh_server.url("/ok")]
+
+
+def test_dash_on_a_terminal_reads_the_terminal(fresh_server: TestServer) -> None:
+    """`asyncfetch -` with a terminal on stdin reads what is typed there, to end of input (^D)."""
+    controller, terminal = open_terminal()
+    try:
+        process = subprocess.Popen(
+            [*COMMAND, "-"], stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env()
+        )
+        os.write(controller, fresh_server.url("/ok?typed=1").encode() + b"\n\x04")
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 0, stderr
+    assert [r["url"] for r in records_of(stdout)] == [fresh_server.url("/ok?typed=1")]
+
+
+# -- ^C ---------------------------------------------------------------------------------------------------
+def test_the_interrupted_summary_counts_what_is_left_and_gives_the_resume_command(
+    fresh_server: TestServer, tmp_path: Path
+) -> None:
+    """^C mid-run: the summary says how many requests were not fetched, how many were in flight, and
+    the exact command that finishes the job; that command then does finish it."""
+    urls = [fresh_server.url(f"/ok?n={n}") for n in range(2)]
+    urls += [fresh_server.url(f"/sleep/3000?n={n}") for n in range(10)]
+    listing = write_lines(tmp_path / "urls.txt", urls)
+    out = tmp_path / "out.jsonl"
+    with running("-c", "4", "--summary", "-o", str(out), str(listing)) as child:
+        _wait_for("the /ok records", lambda: out.exists() and out.read_bytes().count(b"\n") >= 2)
+        _wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 4)
+        child.signal(signal.SIGINT)
+        finished = child.finish(timeout=10)
+    assert finished.returncode == 130
+    stderr = finished.stderr.decode()
+    done = out.read_bytes().count(b"\n")
+    assert f"{len(urls) - done} requests not fetched" in stderr, stderr
+    assert "(4 were in flight)" in stderr, stderr
+    assert "4 attempts" not in stderr.split("\n")[0]
+    resume = next(line for line in stderr.splitlines() if "to finish:" in line).split("to finish: ", 1)[1]
+    assert resume == f"asyncfetch --resume -c 4 --summary -o {out} {listing}"
+
+
+def test_the_interrupted_summary_without_output_file_says_how_to_be_resumable() -> None:
+    """Records on stdout cannot be resumed: the summary says to use -o and --resume next time."""
+    stats = RunStats()
+    text = format_summary(
+        stats, interrupted=Interruption(not_fetched=5, unread=None, abandoned_attempts=2, resume=None)
+    )
+    assert "5 requests read but not fetched, and the rest of the input not read (2 were in flight)" in text
+    assert "-o FILE" in text
+    assert "--resume" in text
+
+
+# -- the bar ----------------------------------------------------------------------------------------------
+def _render_bar(width: int, *, errors: int, total: int | None) -> Console:
+    stats = RunStats()
+    stats.ok = 7
+    stats.records = 7 + errors
+    if errors:
+        stats.errors["dns"] = errors
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, stats, total=lambda: total, completed=lambda: stats.records)
+    console = display._console  # noqa: SLF001  (the test reads what the bar drew)
+    console.width = width
+    console.record = True
+    display.refresh()
+    console.print(display._progress.get_renderable())  # noqa: SLF001
+    return console
+
+
+def test_the_bar_uses_red_only_when_there_are_errors() -> None:
+    """All well: no red anywhere on the bar; with an error, the error count is red."""
+    calm = _render_bar(100, errors=0, total=10).export_html(inline_styles=True)
+    assert "#800000" not in calm and "#ff0000" not in calm and "color: red" not in calm.lower()
+    alarmed = _render_bar(100, errors=3, total=10).export_text()
+    assert "3 err" in alarmed
+    styled = _render_bar(100, errors=3, total=10).export_html(inline_styles=True)
+    assert "#800000" in styled or "#ff0000" in styled
+
+
+@pytest.mark.parametrize("width", [40, 50, 80])
+def test_the_bar_keeps_every_number_and_the_elapsed_time_at_narrow_widths(width: int) -> None:
+    """At 40 to 80 columns the counts, the rate, the outcomes and the elapsed time are all shown, uncut;
+    the elapsed time is there when the total is unknown too (standard input)."""
+    text = _render_bar(width, errors=1, total=None).export_text()
+    for part in ("8/?", "/s", "7 ok", "0 ≥400", "1 err", "0:00:0"):
+        assert part in text, (width, text)
+
+
+def test_json_options_in_records_still_work_with_the_table(fresh_server: TestServer) -> None:
+    """Options from the table reach the engine: -X, -H, -d and --headers shape the request and record."""
+    result = run_cli("-X", "put", "-H", "X-Test: 1", "-d", "hello", "--headers", fresh_server.url("/echo"))
+    record = json.loads(result.stdout)
+    assert record["method"] == "PUT"
+    assert "headers" in record
