@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from asyncfetch.errors import Failure
@@ -64,6 +65,23 @@ RECORD_FIELDS = (
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+class Outcome(StrEnum):
+    """How a request ended, for counts and exit statuses: the one place the split is made."""
+
+    OK = "ok"  # a response below 400
+    HTTP_ERROR = "http"  # a response of 400 or more (not an error record)
+    FAILED = "failed"  # an error record
+
+
+def outcome_of(error_kind: str | None, status: int | None) -> Outcome:
+    """The outcome of a record with this error kind (None: no error) and status."""
+    if error_kind is not None:
+        return Outcome.FAILED
+    if status is not None and status >= 400:
+        return Outcome.HTTP_ERROR
+    return Outcome.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +147,10 @@ class Record:
     def ok(self) -> bool:
         """The request completed and its status is below 400."""
         return self.error is None and self.status is not None and self.status < 400
+
+    @property
+    def outcome(self) -> Outcome:
+        return outcome_of(None if self.error is None else self.error.kind.value, self.status)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as the contract's JSON object, keys in the contract's order."""

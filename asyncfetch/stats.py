@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from asyncfetch.record import Record
+from asyncfetch.record import Outcome, Record, outcome_of
 
 # Latency histogram: buckets 2 % wide on a log scale, from 0.01 ms to ~hours: fixed memory.
 _GROWTH = math.log(1.02)
@@ -165,9 +165,10 @@ class RunStats:
         self.records += 1
         self.attempts += attempts
         self.bytes_received += size
-        if error_kind is not None:
-            self.errors[error_kind] += 1
-        elif status is not None and status >= 400:
+        outcome = outcome_of(error_kind, status)
+        if outcome is Outcome.FAILED:
+            self.errors[str(error_kind)] += 1
+        elif outcome is Outcome.HTTP_ERROR:
             self.http_errors += 1
         else:
             self.ok += 1

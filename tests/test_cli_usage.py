@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -231,3 +232,20 @@ def test_json_options_in_records_still_work_with_the_table(fresh_server: TestSer
     record = json.loads(result.stdout)
     assert record["method"] == "PUT"
     assert "headers" in record
+
+
+# -- the layout ---------------------------------------------------------------------------------------------
+def test_the_command_modules_do_not_import_the_composition_root() -> None:
+    """No cycle: the queue commands and the fetch command load without cli.app, and the app built by
+    build_app() has every command before anything has run."""
+    code = (
+        "import sys\n"
+        "import asyncfetch.cli.dist, asyncfetch.cli.fetch\n"
+        "assert 'asyncfetch.cli.app' not in sys.modules, 'cli.app imported by a command module'\n"
+        "import typer\n"
+        "from asyncfetch.cli.app import build_app\n"
+        "print(sorted(typer.main.get_command(build_app()).commands))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == "['collect', 'enqueue', 'fetch', 'status', 'work']"
