@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,6 +16,8 @@ import pytest
 from rich.console import Console
 
 from asyncfetch.cli.display import Interruption, ProgressDisplay, format_summary
+from asyncfetch.cli.params import PARAMS
+from asyncfetch.options import FetchOptions
 from asyncfetch.stats import RunStats
 from tests.cli_process import COMMAND, cli_env, open_terminal, running, write_lines
 from tests.conftest import records_of, run_cli
@@ -249,3 +252,18 @@ def test_the_command_modules_do_not_import_the_composition_root() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=False, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().strip() == "['collect', 'enqueue', 'fetch', 'status', 'work']"
+
+
+def test_every_engine_option_sets_a_fetch_options_field_and_takes_its_default() -> None:
+    """The table's engine options name real FetchOptions fields; none declares a default of its own
+    (an on/off flag's default is read from the field), so FetchOptions is the one source of defaults."""
+    fields = {f.name: f.default for f in dataclasses.fields(FetchOptions)}
+    for param in PARAMS.values():
+        if param.field is None:
+            continue
+        assert param.field in fields, param.name
+        assert param.default is None, param.name
+        if param.is_flag:
+            assert param.cli_default() == fields[param.field], param.name
+        else:
+            assert param.cli_default() is None, param.name
