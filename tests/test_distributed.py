@@ -841,7 +841,7 @@ def test_password_in_the_url_works_and_is_never_shown(
         lambda: run_cli("enqueue", str(source), env=from_env),
     )
     worked = [
-        work_until_done(redis_server, 15, "--summary", "--no-progress"),
+        work_until_done(redis_server, 15, "--summary"),
         *all_at_once(
             lambda: queue_cli(redis_server, "collect", "--summary"),
             lambda: run_cli("collect", "--summary", env={"ASYNCFETCH_REDIS": user_url}),
@@ -981,7 +981,7 @@ def test_rediss_url_with_password_works_and_is_never_shown(
     source = write_lines(tmp_path / "urls.txt", [server.url(f"/ok?i={i}") for i in range(4)])
     results = [
         queue_cli(redis_server, "enqueue", str(source), env=trust),
-        work_until_done(redis_server, 4, "--summary", "--no-progress", env=trust),
+        work_until_done(redis_server, 4, "--summary", env=trust),
         *all_at_once(
             lambda: queue_cli(redis_server, "collect", "--summary", env=trust),
             lambda: queue_cli(redis_server, "status", env=trust),

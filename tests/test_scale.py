@@ -38,7 +38,7 @@ def run_cli_with_open_files(soft: int, hard: int, *args: str, input: str) -> sub
 def test_concurrency_100000_is_accepted(fresh_server: TestServer) -> None:
     """-c 100000 runs; it warns only when the process may not have the open files that needs."""
     urls = [fresh_server.url(f"/ok?n={i}") for i in range(3)]
-    result = run_cli("-q", "-c", "100000", input="\n".join(urls) + "\n")
+    result = run_cli("-c", "100000", input="\n".join(urls) + "\n")
     assert result.returncode == 0, result.stderr
     records = records_of(result.stdout)
     assert len(records) == 3
@@ -64,7 +64,7 @@ def test_concurrency_outside_1_to_100000_is_a_usage_error(value: str) -> None:
 def test_a_concurrency_the_process_cannot_have_is_cut_with_one_warning(fresh_server: TestServer) -> None:
     """Under `ulimit -n 256`, -c 100000 prints a single warning line and every request still succeeds."""
     urls = [fresh_server.url(f"/sleep/200?n={i}") for i in range(300)]
-    result = run_cli_with_open_files(256, 256, "-q", "-c", "100000", input="\n".join(urls) + "\n")
+    result = run_cli_with_open_files(256, 256, "-c", "100000", input="\n".join(urls) + "\n")
     assert result.returncode == 0, result.stderr
     warning = result.stderr.decode().splitlines()
     assert len(warning) == 1, warning
@@ -75,6 +75,15 @@ def test_a_concurrency_the_process_cannot_have_is_cut_with_one_warning(fresh_ser
     assert len(records) == 300
     assert [record for record in records if not record["ok"]] == []
     assert fresh_server.stats.max_in_flight < 256  # it kept within what it could have
+
+
+def test_quiet_silences_the_open_file_warning(fresh_server: TestServer) -> None:
+    """-q under cron: the concurrency is still cut to what the process can have, but nothing is said."""
+    urls = [fresh_server.url(f"/ok?n={i}") for i in range(20)]
+    result = run_cli_with_open_files(256, 256, "-q", "-c", "100000", input="\n".join(urls) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    assert len(records_of(result.stdout)) == 20
 
 
 def test_the_open_file_limit_is_raised_as_far_as_the_concurrency_needs(fresh_server: TestServer) -> None:
