@@ -264,13 +264,31 @@ hosts:
     return path
 
 
-def squid_conf(workdir: Path, port: int) -> Path:
-    """squid as a plain forward proxy for 127.0.0.1 clients: no cache, quick shutdown, logs in workdir."""
+SQUID_AUTH_HELPER = Path("/usr/lib/squid/basic_ncsa_auth")
+# The password "secret" hashed as `openssl passwd -apr1 -salt abcdefgh secret` prints it.
+SQUID_PASSWORD_HASH = "$apr1$abcdefgh$h9FWgUz3n9YxylKLlR5SQ/"
+
+
+def squid_conf(workdir: Path, port: int, *, user: str | None = None) -> Path:
+    """squid as a plain forward proxy for 127.0.0.1 clients: no cache, quick shutdown, logs in workdir.
+
+    With ``user``, clients must authenticate (Basic) as that user with the password "secret".
+    """
+    access = "http_access allow localnet"
+    if user is not None:
+        passwords = workdir / "passwd"
+        passwords.write_text(f"{user}:{SQUID_PASSWORD_HASH}\n")
+        passwords.chmod(0o644)
+        access = f"""\
+auth_param basic program {SQUID_AUTH_HELPER} {passwords}
+auth_param basic children 2
+auth_param basic realm asyncfetch-tests
+acl authenticated proxy_auth REQUIRED
+http_access allow localnet authenticated"""
     text = f"""\
 http_port 127.0.0.1:{port}
 acl localnet src 127.0.0.1/32
-acl CONNECT method CONNECT
-http_access allow localnet
+{access}
 http_access deny all
 # CONNECT to any port: the tests' TLS servers are on ephemeral ports, not 443.
 cache deny all

@@ -553,20 +553,30 @@ def httpbin(interop_servers: Servers, interop_dir: Path, static_tree: StaticTree
 # Proxies
 
 
-@pytest.fixture(scope="session")
-def squid_proxy(interop_servers: Servers, interop_dir: Path) -> Proxy:
-    """squid as a forward HTTP proxy (CONNECT to any port allowed) for 127.0.0.1; its log dir has access.log."""
+def _squid(servers: Servers, workdir: Path, user: str | None = None) -> Proxy:
     binary = find_binary("squid")
     version = binary_version([binary, "-v"])
-    workdir = interop_dir / "squid"
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o777)  # squid writes its logs as nobody
 
     def configure(port: int) -> list[str]:
-        return [binary, "-N", "-f", str(configs.squid_conf(workdir, port))]
+        return [binary, "-N", "-f", str(configs.squid_conf(workdir, port, user=user))]
 
-    process = interop_servers.add(start_on_free_port("squid", workdir, configure))
-    return Proxy("squid", version, f"http://127.0.0.1:{process.port}", process)
+    process = servers.add(start_on_free_port("squid", workdir, configure))
+    credentials = f"{user}:secret@" if user else ""
+    return Proxy("squid", version, f"http://{credentials}127.0.0.1:{process.port}", process)
+
+
+@pytest.fixture(scope="session")
+def squid_proxy(interop_servers: Servers, interop_dir: Path) -> Proxy:
+    """squid as a forward HTTP proxy (CONNECT to any port allowed) for 127.0.0.1; its log dir has access.log."""
+    return _squid(interop_servers, interop_dir / "squid")
+
+
+@pytest.fixture(scope="session")
+def squid_proxy_auth(interop_servers: Servers, interop_dir: Path) -> Proxy:
+    """squid requiring Basic proxy authentication: ``http://user:secret@127.0.0.1:PORT`` (407 without it)."""
+    return _squid(interop_servers, interop_dir / "squid-auth", user="user")
 
 
 @pytest.fixture(scope="session")

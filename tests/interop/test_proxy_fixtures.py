@@ -22,7 +22,7 @@ def _through(curl: str, proxy: str, url: str, out: Path, *extra: str) -> subproc
     )
 
 
-@pytest.mark.parametrize("name", ["squid_proxy", "socks_proxy", "socks_proxy_auth"])
+@pytest.mark.parametrize("name", ["squid_proxy", "squid_proxy_auth", "socks_proxy", "socks_proxy_auth"])
 def test_a_file_fetched_through_the_proxy_is_the_file_on_disk(
     name: str, request: pytest.FixtureRequest, nginx: WebServer, curl: str, tmp_path: Path
 ) -> None:
@@ -51,3 +51,14 @@ def test_the_authenticating_socks_proxy_refuses_wrong_credentials(
     wrong = socks_proxy_auth.url.replace(":secret@", ":wrong@")
     done = _through(curl, wrong, nginx.url("/1k.bin"), tmp_path / "body")
     assert done.returncode == 97, done.stderr  # CURLE_PROXY: the SOCKS handshake failed
+
+
+def test_the_authenticating_squid_refuses_requests_without_credentials(
+    squid_proxy_auth: Proxy, nginx: WebServer, curl: str, tmp_path: Path
+) -> None:
+    """squid_proxy_auth really checks: no credentials, or a wrong password, get 407 from the proxy."""
+    anonymous = squid_proxy_auth.url.replace("user:secret@", "")
+    wrong = squid_proxy_auth.url.replace(":secret@", ":wrong@")
+    for proxy in (anonymous, wrong):
+        done = _through(curl, proxy, nginx.url("/1k.bin"), tmp_path / "body")
+        assert (done.returncode, done.stdout) == (0, "407"), done.stderr
