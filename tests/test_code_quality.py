@@ -30,6 +30,7 @@ def test_ruff_format_would_change_nothing() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a cold mypy cache on a busy machine takes minutes, not the default 60 s
 def test_mypy_strict_finds_no_type_errors() -> None:
     """The package and the tests type-check under mypy --strict."""
     result = _run("mypy")
