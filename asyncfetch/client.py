@@ -1,9 +1,9 @@
 """The one client all workers share: a transport that routes each request to the right pool.
 
-Plain requests go to :class:`~asyncfetch.transport.ConnectionPool`, the fast HTTP/1.1 pool.
-Requests that need what only httpx's own transport does (HTTP/2 over TLS with ``--http2``,
-a proxy from ``--proxy`` or the ``*_PROXY`` variables) go to an ``httpx.AsyncHTTPTransport``
-made for that purpose. With neither in play, routing costs one attribute test per request.
+Requests go to :class:`~asyncfetch.transport.ConnectionPool`, our own pool: HTTP/1.1, and with
+``--http2`` HTTP/2 over TLS where the server chooses it by ALPN. Requests through a proxy (from
+``--proxy`` or the ``*_PROXY`` variables) go to an ``httpx.AsyncHTTPTransport`` made for that
+purpose. Without a proxy, routing costs one attribute test per request.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ class Client(httpx.AsyncBaseTransport):
             connect_timeout=options.effective_connect_timeout,
             verify=not options.insecure,
             max_connections=max(options.concurrency, 16),
+            http2=options.http2,
         )
         self._environment_proxies = {} if options.proxy else urllib.request.getproxies_environment()
-        self._simple = not (options.http2 or options.proxy or self._environment_proxies)
+        self._simple = not (options.proxy or self._environment_proxies)
         self._routed: dict[str | None, httpx.AsyncHTTPTransport] = {}
 
     @property
@@ -38,7 +39,7 @@ class Client(httpx.AsyncBaseTransport):
         if self._simple:
             return await self._pool.handle_async_request(request)
         proxy = self._proxy_for(request.url)
-        if proxy is None and not (self._options.http2 and request.url.scheme == "https"):
+        if proxy is None:
             return await self._pool.handle_async_request(request)
         transport = self._routed.get(proxy)
         if transport is None:

@@ -21,13 +21,16 @@ import socket
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
-from typing import cast
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, cast
 
 import httptools
 import httpx
 
 from asyncfetch.http import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
+
+if TYPE_CHECKING:
+    from asyncfetch.h2conn import H2Pool
 
 # Pause reading a connection when this much body is waiting for the reader.
 _HIGH_WATER = 512 * 1024
@@ -335,6 +338,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         max_connections: int = 100,
         keepalive_expiry: float = 5.0,
         resolver: Resolver | None = None,
+        http2: bool = False,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._verify = verify
@@ -342,6 +346,14 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._resolver = resolver or Resolver()
         self._ssl_context: ssl.SSLContext | None = None
+        self._h2_context: ssl.SSLContext | None = None
+        # With http2, HTTPS requests go by way of the HTTP/2 pool, which hands this pool the
+        # connections whose server chose HTTP/1.1.
+        self._h2: H2Pool | None = None
+        if http2:
+            from asyncfetch.h2conn import H2Pool  # only with http2: h2 is not loaded for every run
+
+            self._h2 = H2Pool(self, self._open_negotiated, keepalive_expiry=keepalive_expiry)
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._idle_order: OrderedDict[_Connection, None] = OrderedDict()
         self._active: set[_Connection] = set()
@@ -353,14 +365,16 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
         origin = origin_of(request.url)
+        if self._h2 is not None and scheme == "https":
+            return await self._h2.handle_async_request(request, origin, await _body_of(request))
+        return await self.send_on(request, origin, self.checkout(origin))
+
+    async def send_on(self, request: httpx.Request, origin: Origin, connection: _Connection | None) -> httpx.Response:
+        """Send ``request`` over HTTP/1.1 on ``connection`` (or a new one)."""
         head = _serialize_head(request)
-        try:
-            body = request.content
-        except httpx.RequestNotRead:
-            body = await request.aread()
+        body = await _body_of(request)
         is_head = request.method == "HEAD"
         timer: PhaseTimer | None = request.extensions.get(TIMER)
-        connection = self._checkout(origin)
         if connection is None:
             connection = await self._open(origin, timer)
         while True:
@@ -394,12 +408,14 @@ class ConnectionPool(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for connection in [*self._idle_order, *self._active]:
             connection.close()
+        if self._h2 is not None:
+            self._h2.close()
         self._idle.clear()
         self._idle_order.clear()
         self._active.clear()
 
     # -- connections -------------------------------------------------------------------------
-    def _checkout(self, origin: Origin) -> _Connection | None:
+    def checkout(self, origin: Origin) -> _Connection | None:
         stack = self._idle.get(origin)
         if not stack:
             return None
@@ -442,12 +458,45 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         connection.close()
 
     async def _open(self, origin: Origin, timer: PhaseTimer | None = None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        context = self._tls_context() if origin.scheme == "https" else None
+        connection, remote, ssl_object = await self._connect(origin, timer, lambda: _Connection(origin, loop), context)
+        assert isinstance(connection, _Connection)
+        connection.remote, connection.ssl_object = remote, ssl_object
+        return connection
+
+    async def _open_negotiated(self, origin: Origin, timer: PhaseTimer | None) -> asyncio.Protocol:
+        """A TLS connection offering ``h2, http/1.1``: an H2Connection, or a _Connection if the server chose 1.1."""
+        from asyncfetch.h2conn import H2Connection, Negotiating
+
+        loop = asyncio.get_running_loop()
+        if self._h2_context is None:
+            self._h2_context = tls_context(verify=self._verify, alpn=["h2", "http/1.1"])
+        negotiating, remote, ssl_object = await self._connect(
+            origin,
+            timer,
+            lambda: Negotiating(lambda: _Connection(origin, loop), lambda: H2Connection(origin, loop)),
+            self._h2_context,
+        )
+        assert isinstance(negotiating, Negotiating)
+        chosen = negotiating.chosen
+        assert chosen is not None  # the TLS handshake is done: ALPN has said
+        chosen.remote, chosen.ssl_object = remote, ssl_object
+        return chosen
+
+    async def _connect(
+        self,
+        origin: Origin,
+        timer: PhaseTimer | None,
+        factory: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext | None,
+    ) -> tuple[asyncio.Protocol, tuple[str, int], object]:
+        """A new connection's protocol, its peer, and its ``ssl.SSLObject`` (None without TLS)."""
         # Room first: idle connections (to other hosts) give way, oldest first, so that open
         # connections stay within max_connections (file descriptors!) whenever they can.
         while self._idle_order and len(self._idle_order) + len(self._active) >= self._max_connections:
             self._evict_oldest()
         loop = asyncio.get_running_loop()
-        context = self._tls_context() if origin.scheme == "https" else None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 started = time.perf_counter() if timer is not None else 0.0
@@ -460,11 +509,12 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                     timer.dns = None if _ip_literal(origin.host) else resolved - started
                     started = resolved  # connect time counts every address tried
                 last_error: OSError | None = None
+                transport: asyncio.BaseTransport
                 for family, address in addresses:
                     try:
                         if timer is None:
-                            _, connection = await loop.create_connection(
-                                lambda: _Connection(origin, loop),
+                            transport, protocol = await loop.create_connection(
+                                factory,
                                 address,
                                 origin.port,
                                 family=family,
@@ -472,7 +522,9 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                                 server_hostname=origin.host if context is not None else None,
                             )
                         else:
-                            connection = await _connect_timed(loop, origin, family, address, context, started, timer)
+                            transport, protocol = await _connect_timed(
+                                loop, origin, family, address, context, started, timer, factory
+                            )
                     except ssl.SSLError as exc:
                         raise httpx.ConnectError(f"TLS handshake with {origin.host} failed: {exc}") from exc
                     except ssl.CertificateError as exc:
@@ -481,10 +533,8 @@ class ConnectionPool(httpx.AsyncBaseTransport):
                         last_error = exc
                         continue
                     self.connections_opened += 1
-                    connection.remote = (address, origin.port)
-                    if context is not None and connection.transport is not None:
-                        connection.ssl_object = connection.transport.get_extra_info("ssl_object")
-                    return connection
+                    ssl_object = transport.get_extra_info("ssl_object") if context is not None else None
+                    return protocol, (address, origin.port), ssl_object
                 detail = last_error.strerror if last_error is not None and last_error.strerror else last_error
                 raise httpx.ConnectError(f"cannot connect to {origin.host}:{origin.port}: {detail}") from last_error
         except TimeoutError as exc:
@@ -506,15 +556,14 @@ async def _connect_timed(
     context: ssl.SSLContext | None,
     started: float,
     timer: PhaseTimer,
-) -> _Connection:
-    """Connect as ``_open`` does, in two steps (TCP, then TLS) so that each can be timed."""
-    transport, connection = await loop.create_connection(
-        lambda: _Connection(origin, loop), address, origin.port, family=family
-    )
+    factory: Callable[[], asyncio.Protocol],
+) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+    """Connect as ``_connect`` does, in two steps (TCP, then TLS) so that each can be timed."""
+    transport, connection = await loop.create_connection(factory, address, origin.port, family=family)
     connected = time.perf_counter()
     timer.connect = connected - started
     if context is None:
-        return connection
+        return transport, connection
     try:
         secure = await loop.start_tls(transport, connection, context, server_hostname=origin.host)
     except BaseException:
@@ -522,9 +571,11 @@ async def _connect_timed(
         raise
     if secure is None:  # only when the transport closed under us
         raise ConnectionResetError("connection closed during the TLS handshake")
-    connection.transport = secure
+    # The protocol meets its TLS transport (start_tls does not call connection_made): with ALPN
+    # in play this is where the protocol is chosen.
+    connection.connection_made(secure)
     timer.tls = time.perf_counter() - connected
-    return connection
+    return secure, connection
 
 
 def tls_context(*, verify: bool, alpn: list[str]) -> ssl.SSLContext:
@@ -532,6 +583,13 @@ def tls_context(*, verify: bool, alpn: list[str]) -> ssl.SSLContext:
     context = httpx.create_ssl_context(verify=verify)
     context.set_alpn_protocols(alpn)
     return context
+
+
+async def _body_of(request: httpx.Request) -> bytes:
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return await request.aread()
 
 
 def _delimited_by_close(headers: list[tuple[bytes, bytes]]) -> bool:
