@@ -2,22 +2,27 @@
 
 Requests go to :class:`~asyncfetch.transport.ConnectionPool`, our own pool: HTTP/1.1, and with
 ``--http2`` HTTP/2 over TLS where the server chooses it by ALPN. Requests through a proxy (from
-``--proxy`` or the ``*_PROXY`` variables) go to an ``httpx.AsyncHTTPTransport`` made for that
-purpose. Without a proxy, routing costs one attribute test per request.
+``--proxy`` or the ``*_PROXY`` variables, unless ``NO_PROXY`` names the host) go to an
+``httpx.AsyncHTTPTransport`` made for that proxy; its failures to reach the proxy are told as
+such, naming the proxy but never its credentials. Without a proxy, routing costs one attribute
+test per request.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import ssl
 import urllib.request
 
 import httpx
 
-from asyncfetch.options import FetchOptions
+from asyncfetch.options import FetchOptions, environment_proxies, proxy_label
 from asyncfetch.transport import ConnectionPool, tls_context
 
 
 class Client(httpx.AsyncBaseTransport):
-    """Routes requests between the fast pool and httpx transports for proxies and HTTP/2."""
+    """Routes requests between our pool and httpx transports for proxies."""
 
     def __init__(self, options: FetchOptions) -> None:
         self._options = options
@@ -27,9 +32,10 @@ class Client(httpx.AsyncBaseTransport):
             max_connections=max(options.concurrency, 16),
             http2=options.http2,
         )
-        self._environment_proxies = {} if options.proxy else urllib.request.getproxies_environment()
+        # Read (and checked, as FetchOptions did) once: the run sees one environment.
+        self._environment_proxies = {} if options.proxy else environment_proxies()
         self._simple = not (options.proxy or self._environment_proxies)
-        self._routed: dict[str | None, httpx.AsyncHTTPTransport] = {}
+        self._routed: dict[str, httpx.AsyncHTTPTransport] = {}
 
     @property
     def pool(self) -> ConnectionPool:
@@ -57,7 +63,10 @@ class Client(httpx.AsyncBaseTransport):
             **request.extensions,
             "timeout": {"connect": connect, "read": None, "write": None, "pool": None},
         }
-        return await transport.handle_async_request(request)
+        try:
+            return await transport.handle_async_request(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
+            raise _proxy_failure(exc, proxy_label(proxy), connect) from exc
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
         if self._options.proxy:
@@ -74,3 +83,31 @@ class Client(httpx.AsyncBaseTransport):
         await self._pool.aclose()
         for transport in self._routed.values():
             await transport.aclose()
+
+
+def _proxy_failure(exc: httpx.TransportError, label: str, connect_timeout: float) -> httpx.TransportError:
+    """The failure of a proxied request, told as the proxy's when it was the proxy's.
+
+    httpx says ``All connection attempts failed`` whether the proxy or the target was at fault;
+    the target's TLS failures (through the tunnel) are left as they are, for ``classify`` to find.
+    """
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in causes:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(c, ssl.SSLError | ssl.CertificateError) for c in causes):
+        return exc
+    if isinstance(exc, httpx.ConnectTimeout):
+        return httpx.ConnectTimeout(f"proxy {label}: no connection within {connect_timeout:g} s")
+    if isinstance(exc, httpx.ProxyError):
+        return httpx.ProxyError(f"proxy {label} refused the request: {exc}")
+    detail = str(exc) or type(exc).__name__
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            detail = f"cannot resolve the proxy's name ({cause.strerror or cause})"
+            break
+        if isinstance(cause, OSError) and cause.errno:
+            detail = os.strerror(cause.errno).lower()
+            break
+    return httpx.ConnectError(f"proxy {label}: {detail}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,64 @@ def format_size(size: int) -> str:
     return str(size)
 
 
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+# curl's default when a proxy URL names no port (and 443 for an https:// proxy).
+_DEFAULT_PROXY_PORT = 1080
+
+
+def parse_proxy(text: str, *, source: str = "proxy") -> str:
+    """A proxy URL as the transports take it, from what a user wrote (``source`` names where).
+
+    Without a scheme it is ``http://``, and without a port 1080, as in curl: ``127.0.0.1:3128``
+    is ``http://127.0.0.1:3128``. Messages never repeat the credentials a URL may carry.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError(f"{source}: empty proxy URL")
+    if "://" not in value:
+        value = "http://" + value
+    scheme = value.split("://", 1)[0].lower()
+    if scheme not in PROXY_SCHEMES:
+        raise ValueError(
+            f"{source}: unsupported proxy scheme {scheme!r} (use http://, https://, socks5:// or socks5h://)"
+        )
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{source}: the proxy's port is not a number from 1 to 65535") from None
+    host = parts.hostname
+    if not host or any(c.isspace() for c in host):
+        raise ValueError(f"{source}: a proxy URL needs a host, e.g. http://127.0.0.1:3128")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{source}: a proxy URL is scheme://[user:password@]host[:port], with no path")
+    if port is None:
+        port = 443 if scheme == "https" else _DEFAULT_PROXY_PORT
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+    host_text = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{userinfo}{host_text}:{port}"
+
+
+def proxy_label(url: str) -> str:
+    """``host:port`` of a proxy URL, for messages: never its credentials."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def environment_proxies() -> dict[str, str]:
+    """The ``*_PROXY`` variables (``http``, ``https``, ``all``) as urllib reads them, each checked
+    and completed like ``--proxy``; ``no`` (``NO_PROXY``) as it is. Raises ValueError naming the variable."""
+    proxies = {}
+    for scheme, value in urllib.request.getproxies_environment().items():
+        if scheme == "no":
+            proxies[scheme] = value
+        elif scheme in ("http", "https", "all"):  # ftp_proxy and the like are for other programs
+            proxies[scheme] = parse_proxy(value, source=f"{scheme}_proxy")
+    return proxies
+
+
 def parse_header(text: str) -> tuple[str, str]:
     """``("Name", "value")`` from ``"Name: value"`` (the form of curl's ``-H``)."""
     name, sep, value = text.partition(":")
@@ -68,7 +128,7 @@ class FetchOptions:
     data: bytes | None = None
     user_agent: str = DEFAULT_USER_AGENT
     http2: bool = False
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # may carry credentials: never in a repr
     insecure: bool = False
     max_size: int = 100 * 1024**2
     include_headers: bool = False
@@ -101,6 +161,12 @@ class FetchOptions:
             raise ValueError(f"max-redirects must be 0 or more, not {self.max_redirects}")
         if self.max_size < 0:
             raise ValueError(f"max-size must be 0 or more bytes, not {self.max_size}")
+        if self.proxy is not None:
+            object.__setattr__(self, "proxy", parse_proxy(self.proxy))
+        else:
+            # The *_PROXY variables are checked at start too: a bad one is one clear error
+            # (exit 2 from the CLI), not a failure in every request it would carry.
+            environment_proxies()
         if self.fields is not None:
             given: object = self.fields
             # "url,status" (as on the command line) and lists are taken too, kept as a tuple.

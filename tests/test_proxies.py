@@ -1,0 +1,243 @@
+"""Proxies: validated before anything is fetched, scheme-less taken as http:// (as curl), a dead proxy
+named in its records, credentials never shown; through squid (http, CONNECT) and microsocks (socks5)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import asyncfetch
+from asyncfetch.options import parse_proxy
+from tests.conftest import collect, records_of, run_cli, unused_port
+from tests.server import TestServer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        ("127.0.0.1:3128", "http://127.0.0.1:3128"),
+        ("notaproxy", "http://notaproxy:1080"),
+        ("http://proxy.example", "http://proxy.example:1080"),
+        ("https://proxy.example", "https://proxy.example:443"),
+        ("SOCKS5H://user:secret@[::1]:9050/", "socks5h://user:secret@[::1]:9050"),
+    ],
+)
+def test_a_proxy_url_is_completed_as_curl_does(given: str, taken: str) -> None:
+    """No scheme is http://, no port is 1080 (443 for https://): the forms curl accepts."""
+    assert parse_proxy(given) == taken
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("ftp://127.0.0.1:21", "unsupported proxy scheme 'ftp'"),
+        ("socks4://127.0.0.1:1080", "unsupported proxy scheme 'socks4'"),
+        ("http://:3128", "needs a host"),
+        ("http://127.0.0.1:99999", "port"),
+        ("http://127.0.0.1:3128/some/path", "no path"),
+        ("  ", "empty"),
+    ],
+)
+def test_a_bad_proxy_is_refused_when_the_options_are_made(given: str, says: str) -> None:
+    """FetchOptions refuses a proxy it cannot use, with a message saying why: before anything is fetched."""
+    with pytest.raises(ValueError, match="proxy") as caught:
+        asyncfetch.FetchOptions(proxy=given)
+    assert says in str(caught.value)
+
+
+def test_a_bad_proxy_message_never_shows_its_credentials() -> None:
+    """The password in a refused proxy URL is not repeated in the error."""
+    with pytest.raises(ValueError) as caught:
+        asyncfetch.FetchOptions(proxy="ftp://user:hunter2@127.0.0.1:21")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy", "ALL_PROXY"])
+def test_a_bad_proxy_variable_is_refused_at_start(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A *_PROXY variable that cannot be used is a ValueError naming the variable, not a failure per request."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "ftp://user:hunter2@127.0.0.1:21")
+    with pytest.raises(ValueError, match=variable.lower()) as caught:
+        asyncfetch.FetchOptions()
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_cli_exits_2_on_an_unsupported_proxy_scheme(fresh_server: TestServer) -> None:
+    """--proxy ftp://... : exit 2, one line on stderr, nothing fetched."""
+    result = run_cli("--proxy", "ftp://127.0.0.1:21", input=fresh_server.url("/ok") + "\n")
+    assert result.returncode == 2
+    assert b"unsupported proxy scheme 'ftp'" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert result.stdout == b""
+    assert fresh_server.stats.requests == []
+
+
+def test_the_cli_exits_2_on_a_bad_proxy_variable(fresh_server: TestServer) -> None:
+    """A bad http_proxy in the environment: exit 2 naming the variable, nothing fetched."""
+    result = run_cli("-q", input=fresh_server.url("/ok") + "\n", env={"http_proxy": "ftp://127.0.0.1:21"})
+    assert result.returncode == 2
+    assert b"http_proxy" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert fresh_server.stats.requests == []
+
+
+async def test_a_dead_proxy_gives_connect_records_naming_the_proxy(server: TestServer) -> None:
+    """Every request through a proxy nobody listens on is a connect record saying it was the proxy."""
+    port = unused_port()
+    records = await collect(
+        [server.url(f"/ok?i={i}") for i in range(5)], proxy=f"http://user:hunter2@127.0.0.1:{port}", retries=0
+    )
+    assert len(records) == 5
+    for record in records:
+        assert record.error is not None
+        assert record.error.kind == "connect"
+        assert record.error.message == f"proxy 127.0.0.1:{port}: connection refused"
+
+
+async def test_a_scheme_less_proxy_is_an_http_proxy(fresh_server: TestServer, server: TestServer) -> None:
+    """--proxy 127.0.0.1:PORT works as http://127.0.0.1:PORT (the proxy gets the absolute-form request)."""
+    target = server.url("/ok")
+    [record] = await collect([target], proxy=f"127.0.0.1:{fresh_server.port}")
+    assert record.status == 200
+    assert fresh_server.stats.paths() == [target]
+
+
+def test_a_scheme_less_proxy_variable_is_an_http_proxy(fresh_server: TestServer, server: TestServer) -> None:
+    """http_proxy=127.0.0.1:PORT, as curl takes it."""
+    target = server.url("/ok")
+    result = run_cli("-q", input=target + "\n", env={"http_proxy": f"127.0.0.1:{fresh_server.port}", "NO_PROXY": ""})
+    assert result.returncode == 0, result.stderr
+    assert records_of(result.stdout)[0]["status"] == 200
+    assert fresh_server.stats.paths() == [target]
+
+
+def test_a_dead_proxy_in_the_cli_is_records_and_exit_1_without_credentials(server: TestServer) -> None:
+    """Through the CLI: one record per line, each naming the proxy but not its password; no traceback."""
+    port = unused_port()
+    lines = "".join(server.url(f"/ok?i={i}") + "\n" for i in range(3))
+    result = run_cli("-r", "0", "--proxy", f"http://user:hunter2@127.0.0.1:{port}", input=lines)
+    records = records_of(result.stdout)
+    assert len(records) == 3
+    assert {r["error"]["message"] for r in records} == {f"proxy 127.0.0.1:{port}: connection refused"}
+    assert b"hunter2" not in result.stdout + result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+# -- real proxies: squid (http and CONNECT), microsocks (SOCKS5) ------------------------------------
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy on port {port} did not start") from None
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def squid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's squid on 127.0.0.1, allowing everything (CONNECT to any port); yields its URL."""
+    if shutil.which("squid") is None:
+        pytest.skip("squid is not installed (.ci/run installs it)")
+    root = tmp_path_factory.mktemp("squid")
+    root.chmod(0o777)  # squid drops to its own user, which must write its logs here
+    port = unused_port()
+    (root / "squid.conf").write_text(
+        f"""http_port 127.0.0.1:{port}
+http_access allow all
+cache deny all
+cache_mem 8 MB
+pid_filename {root}/squid.pid
+cache_log {root}/cache.log
+access_log none
+coredump_dir {root}
+shutdown_lifetime 0 seconds
+"""
+    )
+    # -n: a service name of its own, so that its shared memory does not meet another squid's.
+    process = subprocess.Popen(
+        ["squid", "-N", "-n", f"asyncfetch{os.getpid()}{port}", "-f", str(root / "squid.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+@pytest.fixture(scope="module")
+def microsocks() -> Iterator[str]:
+    """Debian's microsocks (SOCKS5, no authentication) on 127.0.0.1; yields its address."""
+    if shutil.which("microsocks") is None:
+        pytest.skip("microsocks is not installed (.ci/run installs it)")
+    port = unused_port()
+    process = subprocess.Popen(
+        ["microsocks", "-i", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_port(port, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_squid_carries_plain_http(squid: str, fresh_server: TestServer) -> None:
+    """An http:// URL through squid: the answer is the origin's, byte for byte."""
+    records = await collect([fresh_server.url(f"/bytes/{1000 + i}") for i in range(5)], proxy=squid)
+    assert sorted((r.status, r.size) for r in records) == [(200, 1000 + i) for i in range(5)]
+    assert len(fresh_server.stats.requests) == 5
+
+
+async def test_squid_tunnels_https_with_connect(
+    squid: str, tls_server: TestServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https:// URL through squid goes in a CONNECT tunnel, TLS verified end to end."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    [record] = await collect([tls_server.url("/bytes/5000")], proxy=squid)
+    assert (record.status, record.size, record.error) == (200, 5000, None)
+
+
+@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
+async def test_microsocks_carries_http_and_https(
+    microsocks: str,
+    fresh_server: TestServer,
+    tls_server: TestServer,
+    ca_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+) -> None:
+    """socks5:// and socks5h:// proxies work, for plain and TLS targets."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    records = await collect(
+        [fresh_server.url("/bytes/100"), tls_server.url("/bytes/200")], proxy=f"{scheme}://{microsocks}"
+    )
+    assert sorted((r.status, r.size, r.error) for r in records) == [(200, 100, None), (200, 200, None)]
+    assert len(fresh_server.stats.requests) == 1
+
+
+async def test_no_proxy_sends_a_host_direct(
+    squid: str, fresh_server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NO_PROXY naming the host bypasses the *_PROXY proxy (a dead one here: any use of it would fail)."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    [record] = await collect([fresh_server.url("/ok")], retries=0)
+    assert record.status == 200
