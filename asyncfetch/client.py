@@ -32,7 +32,7 @@ class Client(httpx.AsyncBaseTransport):
             max_connections=max(options.concurrency, 16),
             http2=options.http2,
         )
-        # Read (and checked, as FetchOptions did) once: the run sees one environment.
+        # Read and checked once, when the run is made (ValueError from fetch() for a bad one).
         self._environment_proxies = {} if options.proxy else environment_proxies()
         self._simple = not (options.proxy or self._environment_proxies)
         self._routed: dict[str, httpx.AsyncHTTPTransport] = {}

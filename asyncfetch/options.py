@@ -163,10 +163,6 @@ class FetchOptions:
             raise ValueError(f"max-size must be 0 or more bytes, not {self.max_size}")
         if self.proxy is not None:
             object.__setattr__(self, "proxy", parse_proxy(self.proxy))
-        else:
-            # The *_PROXY variables are checked at start too: a bad one is one clear error
-            # (exit 2 from the CLI), not a failure in every request it would carry.
-            environment_proxies()
         if self.fields is not None:
             given: object = self.fields
             # "url,status" (as on the command line) and lists are taken too, kept as a tuple.

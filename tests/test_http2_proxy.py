@@ -1,4 +1,4 @@
-"""The requests our own HTTP/1.1 pool hands to httpx's transport: HTTP/2 over TLS, and proxies."""
+"""HTTP/2 negotiated only when asked for, and proxied requests handed to httpx's transport."""
 
 from __future__ import annotations
 

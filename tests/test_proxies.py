@@ -62,13 +62,14 @@ def test_a_bad_proxy_message_never_shows_its_credentials() -> None:
 
 
 @pytest.mark.parametrize("variable", ["HTTP_PROXY", "https_proxy", "ALL_PROXY"])
-def test_a_bad_proxy_variable_is_refused_at_start(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A *_PROXY variable that cannot be used is a ValueError naming the variable, not a failure per request."""
+def test_a_bad_proxy_variable_is_refused_when_the_run_is_made(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A *_PROXY variable that cannot be used: fetch() raises ValueError naming it, before any request."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(variable, "ftp://user:hunter2@127.0.0.1:21")
+    asyncfetch.FetchOptions()  # a value: the environment is read by the run, not by the options
     with pytest.raises(ValueError, match=variable.lower()) as caught:
-        asyncfetch.FetchOptions()
+        asyncfetch.fetch(["http://127.0.0.1:1/"])
     assert "hunter2" not in str(caught.value)
 
 

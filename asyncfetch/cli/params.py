@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from asyncfetch.cli.status import UsageError
-from asyncfetch.options import FetchOptions, format_size, parse_header, parse_size
+from asyncfetch.options import FetchOptions, environment_proxies, format_size, parse_header, parse_size
 from asyncfetch.source import STDIN
 
 REQUEST = "Requests"
@@ -320,9 +320,14 @@ class Values(dict[str, Any]):
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         try:
-            return FetchOptions(**fields, **extra)
+            options = FetchOptions(**fields, **extra)
+            if options.proxy is None:
+                # The *_PROXY variables are checked before anything is fetched too: a bad one is
+                # one usage error, not a failure in every request it would carry.
+                environment_proxies()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        return options
 
 
 def command(names: Iterable[str], *, extra: Mapping[str, Any] | None = None) -> Callable[..., Any]:
