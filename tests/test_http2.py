@@ -1,5 +1,6 @@
-"""HTTP/2 of our own (asyncfetch.h2conn): nothing lost to GOAWAY or REFUSED_STREAM, ALPN h2 first,
-one connection for many requests, and the same behaviour as the HTTP/1.1 pool."""
+"""HTTP/2 of our own (asyncfetch.h2conn): nothing lost to GOAWAY or REFUSED_STREAM, one connection for
+many requests, and the same behaviour as the HTTP/1.1 pool. Against stock nginx and lighttpd:
+tests/interop/test_http2_goaway.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,8 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ import trustme
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from tests.conftest import collect, unused_port
+from tests.conftest import collect
 from tests.h2server import H2FaultServer
 from tests.server import TestServer
 
@@ -342,108 +341,3 @@ def fresh_tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
     running = TestServer(ssl_context=context).start()
     yield running
     running.stop()
-
-
-# -- stock servers: nginx (GOAWAY after keepalive_requests), lighttpd (ALPN in the client's order) --
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {port} did not start") from None
-            time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def nginx_h2(certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's nginx with http2 on 127.0.0.1, its defaults kept (keepalive_requests 1000), a 1 s idle timeout."""
-    if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (.ci/run installs it)")
-    root = tmp_path_factory.mktemp("nginx")
-    certificate_authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(root / "tls.pem"))
-    (root / "www").mkdir()
-    (root / "www" / "index.html").write_bytes(b"hello from nginx\n")
-    port = unused_port()
-    (root / "nginx.conf").write_text(
-        ("user root;\n" if os.geteuid() == 0 else "")  # workers must read the temp dir, private to us
-        + f"""daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fastcgi;
-  uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
-  keepalive_timeout 1s;
-  server {{
-    listen 127.0.0.1:{port} ssl http2;
-    ssl_certificate {root}/tls.pem; ssl_certificate_key {root}/tls.pem;
-    root {root}/www;
-    location / {{ error_page 405 =200 $uri; }}
-  }}
-}}
-"""
-    )
-    process = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf")], stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_port(port, process)
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["GET", "POST"])
-async def test_nginx_past_keepalive_requests_loses_nothing(nginx_h2: str, method: str) -> None:
-    """1,200 requests with -r 0 against stock nginx, which sends GOAWAY after 1,000 streams: all succeed over HTTP/2."""
-    urls = [f"{nginx_h2}/index.html?i={i}" for i in range(1200)]
-    records = await collect(urls, http2=True, retries=0, concurrency=50, method=method, data=b"x" * 100)
-    assert Counter((r.status, r.http_version, r.error) for r in records) == {(200, "HTTP/2", None): 1200}
-
-
-async def test_nginx_across_its_idle_timeout(nginx_h2: str) -> None:
-    """Requests spaced wider than nginx's 1 s keepalive_timeout (GOAWAY, then close) all succeed, POST included."""
-    urls = [f"{nginx_h2}/index.html?i={i}" for i in range(4)]
-    records = await collect(urls, http2=True, retries=0, rate=0.7, method="POST", data=b"x")
-    assert [(r.status, r.http_version, r.error) for r in records] == [(200, "HTTP/2", None)] * 4
-
-
-@pytest.fixture(scope="module")
-def lighttpd_tls(certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's lighttpd over TLS: it chooses the first protocol of the client's ALPN list that it speaks."""
-    if shutil.which("lighttpd") is None:
-        pytest.skip("lighttpd is not installed (.ci/run installs it)")
-    root = tmp_path_factory.mktemp("lighttpd")
-    certificate_authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(root / "tls.pem"))
-    (root / "www").mkdir()
-    (root / "www" / "index.html").write_bytes(b"hello from lighttpd\n")
-    port = unused_port()
-    (root / "lighttpd.conf").write_text(
-        f"""server.document-root = "{root}/www"
-server.bind = "127.0.0.1"
-server.port = {port}
-server.modules += ("mod_openssl")
-ssl.engine = "enable"
-ssl.pemfile = "{root}/tls.pem"
-server.errorlog = "{root}/error.log"
-"""
-    )
-    process = subprocess.Popen(["lighttpd", "-D", "-f", str(root / "lighttpd.conf")], stderr=subprocess.DEVNULL)
-    try:
-        _wait_for_port(port, process)
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-async def test_lighttpd_gives_http2_when_asked_first(lighttpd_tls: str) -> None:
-    """ALPN offers h2 before http/1.1, so a server that follows the client's order speaks HTTP/2."""
-    [with_h2] = await collect([lighttpd_tls + "/index.html"], http2=True, include_body=True)
-    [without] = await collect([lighttpd_tls + "/index.html"], include_body=True)
-    assert (with_h2.status, with_h2.http_version, with_h2.body) == (200, "HTTP/2", "hello from lighttpd\n")
-    assert (without.status, without.http_version) == (200, "HTTP/1.1")

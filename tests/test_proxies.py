@@ -1,15 +1,7 @@
 """Proxies: validated before anything is fetched, scheme-less taken as http:// (as curl), a dead proxy
-named in its records, credentials never shown; through squid (http, CONNECT) and microsocks (socks5)."""
+named in its records, credentials never shown. Through squid and microsocks: tests/interop/test_proxies.py."""
 
 from __future__ import annotations
-
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -134,109 +126,7 @@ def test_a_dead_proxy_in_the_cli_is_records_and_exit_1_without_credentials(serve
     assert b"Traceback" not in result.stderr
 
 
-# -- real proxies: squid (http and CONNECT), microsocks (SOCKS5) ------------------------------------
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"proxy on port {port} did not start") from None
-            time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def squid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Debian's squid on 127.0.0.1, allowing everything (CONNECT to any port); yields its URL."""
-    if shutil.which("squid") is None:
-        pytest.skip("squid is not installed (.ci/run installs it)")
-    root = tmp_path_factory.mktemp("squid")
-    root.chmod(0o777)  # squid drops to its own user, which must write its logs here
-    port = unused_port()
-    (root / "squid.conf").write_text(
-        f"""http_port 127.0.0.1:{port}
-http_access allow all
-cache deny all
-cache_mem 8 MB
-pid_filename {root}/squid.pid
-cache_log {root}/cache.log
-access_log none
-coredump_dir {root}
-shutdown_lifetime 0 seconds
-"""
-    )
-    # -n: a service name of its own, so that its shared memory does not meet another squid's.
-    process = subprocess.Popen(
-        ["squid", "-N", "-n", f"asyncfetch{os.getpid()}{port}", "-f", str(root / "squid.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(15)
-
-
-@pytest.fixture(scope="module")
-def microsocks() -> Iterator[str]:
-    """Debian's microsocks (SOCKS5, no authentication) on 127.0.0.1; yields its address."""
-    if shutil.which("microsocks") is None:
-        pytest.skip("microsocks is not installed (.ci/run installs it)")
-    port = unused_port()
-    process = subprocess.Popen(
-        ["microsocks", "-i", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for_port(port, process)
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-async def test_squid_carries_plain_http(squid: str, fresh_server: TestServer) -> None:
-    """An http:// URL through squid: the answer is the origin's, byte for byte."""
-    records = await collect([fresh_server.url(f"/bytes/{1000 + i}") for i in range(5)], proxy=squid)
-    assert sorted((r.status, r.size) for r in records) == [(200, 1000 + i) for i in range(5)]
-    assert len(fresh_server.stats.requests) == 5
-
-
-async def test_squid_tunnels_https_with_connect(
-    squid: str, tls_server: TestServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An https:// URL through squid goes in a CONNECT tunnel, TLS verified end to end."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    [record] = await collect([tls_server.url("/bytes/5000")], proxy=squid)
-    assert (record.status, record.size, record.error) == (200, 5000, None)
-
-
-@pytest.mark.parametrize("scheme", ["socks5", "socks5h"])
-async def test_microsocks_carries_http_and_https(
-    microsocks: str,
-    fresh_server: TestServer,
-    tls_server: TestServer,
-    ca_file: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    scheme: str,
-) -> None:
-    """socks5:// and socks5h:// proxies work, for plain and TLS targets."""
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    records = await collect(
-        [fresh_server.url("/bytes/100"), tls_server.url("/bytes/200")], proxy=f"{scheme}://{microsocks}"
-    )
-    assert sorted((r.status, r.size, r.error) for r in records) == [(200, 100, None), (200, 200, None)]
-    assert len(fresh_server.stats.requests) == 1
-
-
-async def test_no_proxy_sends_a_host_direct(
-    squid: str, fresh_server: TestServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_no_proxy_sends_a_host_direct(fresh_server: TestServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """NO_PROXY naming the host bypasses the *_PROXY proxy (a dead one here: any use of it would fail)."""
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{unused_port()}")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")

@@ -18,14 +18,7 @@ H2_SERVERS = [
     "apache2_tls",
     "caddy_tls",
     "h2o_tls",
-    pytest.param(
-        "lighttpd_h2",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="issue 10 finding 2 (HTTP/2 work): httpcore offers ALPN http/1.1 before h2, "
-            "and lighttpd takes the client's first choice",
-        ),
-    ),
+    "lighttpd_h2",  # it takes the client's first ALPN choice: h2, since we offer it first
 ]
 
 
