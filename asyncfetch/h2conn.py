@@ -6,8 +6,9 @@ only changes of state. What httpcore's HTTP/2 connection gets wrong, and this on
 
 * A request the server did not process goes again on another connection, whatever its method,
   and without counting as a failed attempt (RFC 9113 §6.8, §8.7): a stream past a GOAWAY's
-  ``last_stream_id``, or one reset with ``REFUSED_STREAM``. Stock nginx sends GOAWAY after
-  ``keepalive_requests`` (1,000) streams and caddy after its idle timeout.
+  ``last_stream_id``, or one reset with ``REFUSED_STREAM`` (:class:`Unprocessed` says how often).
+  Stock nginx sends GOAWAY after ``keepalive_requests`` (1,000) streams, caddy after its idle
+  timeout.
 * A connection that received GOAWAY takes no new stream, but finishes the ones the server
   said it will process. (h2's own state machine refuses every frame after a GOAWAY, so the
   streams the server is still answering would fail: see :meth:`H2Connection._goaway`.)
@@ -82,7 +83,17 @@ class _ClientState(h2.connection.H2Connection):
 
 
 class Unprocessed(Exception):
-    """The server did not process this request (RFC 9113 §8.7): it may go again elsewhere."""
+    """The server did not process this request (RFC 9113 §8.7): it may go again elsewhere.
+
+    ``counted``: whether it counts against :data:`MAX_RESENDS`. A GOAWAY that spared earlier
+    streams is a server at work that closed a connection as our stream went out (the race of
+    an idle timeout): that may happen any number of times, bounded by the attempt's deadline.
+    A refusal, or a GOAWAY that processed nothing, counts: a server that does nothing else.
+    """
+
+    def __init__(self, message: str, *, counted: bool = True) -> None:
+        super().__init__(message)
+        self.counted = counted
 
 
 class _Stream:
@@ -246,7 +257,9 @@ class H2Connection(asyncio.Protocol):
         last = event.last_stream_id if event.last_stream_id is not None else 0
         for stream in self._streams.values():
             if stream.id > last and not stream.ended and stream.error is None:
-                stream.error = Unprocessed(f"the server's GOAWAY left the stream unprocessed (last stream {last})")
+                stream.error = Unprocessed(
+                    f"the server's GOAWAY left the stream unprocessed (last stream {last})", counted=last == 0
+                )
                 stream.wake()
         if event.error_code != h2.errors.ErrorCodes.NO_ERROR:
             for stream in self._streams.values():
@@ -513,7 +526,7 @@ class H2Pool:
             try:
                 return await connection.request(request, body)
             except Unprocessed as exc:
-                unprocessed += 1
+                unprocessed += exc.counted
                 if unprocessed > MAX_RESENDS:
                     raise httpx.RemoteProtocolError(f"{exc}, {unprocessed} times in a row") from exc
                 self.resent += 1
