@@ -166,6 +166,7 @@ def lighttpd_conf(
     certificate: Certificate | None = None,
     http2: bool = True,
     max_keepalive_requests: int = 1000,
+    max_keepalive_idle: int = 5,
 ) -> Path:
     """lighttpd in the foreground (``-D``); over TLS it speaks h2 too (built in since 1.4.56) unless told not to."""
     tls = ""
@@ -185,6 +186,7 @@ server.document-root = "{tree.root}"
 server.errorlog = "{workdir}/error.log"
 server.feature-flags = ({flags})
 server.max-keep-alive-requests = {max_keepalive_requests}
+server.max-keep-alive-idle = {max_keepalive_idle}
 mimetype.assign = (".txt" => "text/plain", ".bin" => "application/octet-stream")
 url.redirect = ({redirects})
 url.redirect-code = 302

@@ -378,11 +378,13 @@ def lighttpd_h2(
 
 @pytest.fixture(scope="session")
 def lighttpd_keepalive_2(interop_servers: Servers, interop_dir: Path, static_tree: StaticTree) -> WebServer:
-    """lighttpd over plain HTTP/1.1 closing each connection after 2 requests.
+    """lighttpd over plain HTTP/1.1 closing each connection after 2 requests, or after 1 s idle.
 
     (server.max-keep-alive-requests 1: lighttpd does not count a connection's first request.)
     """
-    return _lighttpd(interop_servers, interop_dir / "lighttpd-ka2", static_tree, None, max_keepalive_requests=1)
+    return _lighttpd(
+        interop_servers, interop_dir / "lighttpd-ka2", static_tree, None, max_keepalive_requests=1, max_keepalive_idle=1
+    )
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ async def _spread(urls: Sequence[str | dict[str, str]], gaps: Sequence[float]) -
 GAPS = (1.2, 0.1, 1.2, 0.9, 1.05)
 
 
-@pytest.mark.parametrize("name", ["nginx_idle_1s", "apache2_keepalive_2"])
+@pytest.mark.parametrize("name", ["nginx_idle_1s", "apache2_keepalive_2", "lighttpd_keepalive_2"])
 async def test_requests_spread_across_a_1s_idle_timeout_all_complete(name: str, request: pytest.FixtureRequest) -> None:
     """GETs paced around the server's idle timeout: every one completes, none counted as a failed attempt."""
     server: WebServer = request.getfixturevalue(name)
