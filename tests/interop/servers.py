@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -177,6 +178,31 @@ def _group_holds(pgid: int, inodes: set[str]) -> bool:
     return False
 
 
+# A guard beside each server: when the test process is gone without stopping its servers (killed by a
+# timeout, SIGTERM or SIGKILL: no fixture teardown runs then), it stops the server's whole process group.
+# Watching our pid from outside is needed because servers that change user (squid, h2o) lose a
+# parent-death signal set with prctl.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+def alive():
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+while os.getppid() == parent and alive():
+    time.sleep(0.5)
+if alive():
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        os.killpg(group, signal.SIGKILL)
+"""
+
+
 @dataclass
 class ServerProcess:
     """A server child process (a session and process group of its own) and its combined log."""
@@ -187,6 +213,7 @@ class ServerProcess:
     workdir: Path
     env: Mapping[str, str] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def log_path(self) -> Path:
@@ -212,6 +239,13 @@ class ServerProcess:
                 env=environment,
                 start_new_session=True,
             )
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.process.pid)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self._wait_listening()
         except BaseException:
@@ -262,6 +296,12 @@ class ServerProcess:
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(STOP_DEADLINE)
+        if self.watchdog is not None:  # it ends by itself once the group is gone
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(STOP_DEADLINE)
+            if self.watchdog.poll() is None:
+                self.watchdog.kill()
+                self.watchdog.wait()
 
     @property
     def running(self) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,36 @@ def test_a_port_taken_by_another_program_is_left_for_a_fresh_one(
             server.stop()
     finally:
         squatter.close()
+
+
+def test_servers_are_stopped_even_when_the_test_process_is_killed(tmp_path: Path) -> None:
+    """A pytest killed with SIGKILL runs no teardown: each server's watchdog stops its process group then."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from tests.interop.servers import start_on_free_port\n"
+        'listen = \'import socket, sys, time; s = socket.create_server(("127.0.0.1", int(sys.argv[1])));'
+        " time.sleep(600)'\n"
+        f"server = start_on_free_port('orphan', Path({str(tmp_path)!r}) / 'orphan', "
+        "lambda port: [sys.executable, '-c', listen, str(port)])\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2], text=True
+    )
+    try:
+        assert owner.stdout is not None
+        group = int(owner.stdout.readline())
+        assert _group_members(group)
+    finally:
+        owner.kill()
+        owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()
+    deadline = time.monotonic() + 20
+    while _group_members(group):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the orphaned server's group {group} still runs 20 s after its owner was killed")
+        time.sleep(0.1)
