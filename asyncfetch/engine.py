@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -27,11 +29,15 @@ from asyncfetch.client import Client
 from asyncfetch.dedupe import SeenSet
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
+from asyncfetch.retry import retry_delay
 from asyncfetch.save import BodySaver
 from asyncfetch.scheduler import Scheduler
 from asyncfetch.source import request_line
 from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder, TableRow
-from asyncfetch.worker import Worker, retry_delay
+from asyncfetch.worker import Worker
+
+if TYPE_CHECKING:
+    from asyncfetch.state import StateStore, Stored
 
 RequestItem = str | Mapping[str, Any] | ShapedLine | TableRow
 SkipCheck = Callable[[int, str], bool]
@@ -161,7 +167,21 @@ class _Engine:
         self._skip = skip
         self._seen = SeenSet() if options.dedupe else None
         capacity = options.lookahead or min(max(1024, 2 * options.concurrency), 200_000)
-        self._scheduler = Scheduler(capacity=capacity, per_host=options.per_host, rate=options.rate)
+        self._scheduler = Scheduler(
+            capacity=capacity,
+            per_host=options.per_host,
+            rate=options.rate,
+            per_host_rate=options.per_host_rate,
+            adaptive=options.adaptive,
+            concurrency=options.concurrency,
+            max_host_errors=options.max_host_errors,
+        )
+        # --state: opened (and locked) now, so a file in use or not ours is refused before any fetch.
+        self._state: StateStore | None = None
+        if options.state is not None:
+            from asyncfetch.state import StateStore  # sqlite3 is loaded only when asked for
+
+            self._state = StateStore(options.state)
         self._tasks: set[asyncio.Task[None]] = set()
         self._workers = 0
         self.output: deque[Record] = deque()
@@ -205,6 +225,8 @@ class _Engine:
         # The stop watcher lives beside the task group, not in it: the group ends when the
         # work does, and the watcher with it.
         watcher = asyncio.create_task(self._watch(stop)) if stop is not None else None
+        if self._state is not None:
+            self._state.start()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
@@ -223,6 +245,9 @@ class _Engine:
                 await self._transport.aclose()
             if self._saver is not None:
                 self._saver.close()
+            if self._state is not None:
+                # Every record already made has its update committed before the run ends.
+                await self._state.aclose()
             self._wake_consumer()
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
@@ -249,6 +274,7 @@ class _Engine:
         seen = self._seen
         ordered = self._options.ordered
         concurrency = self._options.concurrency
+        state = self._state
         index = 0
         try:
             async for given in _each(requests):
@@ -289,7 +315,11 @@ class _Engine:
                     self.skipped += 1
                     self._resolve(i, None)
                     continue
-                await scheduler.put(spec)
+                if state is not None and spec.method == "GET":
+                    # Asked once taken in, answered by the store's thread long before a worker takes it.
+                    await scheduler.put(spec, functools.partial(state.lookup, spec.url))
+                else:
+                    await scheduler.put(spec)
                 if self._workers < concurrency and self._workers < scheduler.held:
                     self._workers += 1
                     self._spawn(self._work())
@@ -300,13 +330,36 @@ class _Engine:
         scheduler = self._scheduler
         worker = self._worker
         options = self._options
+        state = self._state
         try:
             while True:
                 job = await scheduler.get()
                 if job is None:
                     return
+                down = job.down
+                if down is not None:
+                    # Its host is given up (--max-host-errors): ended at once, nothing sent.
+                    scheduler.finish(job)
+                    self._resolve(job.spec.index, worker.refused(job.spec, job.attempts, down))
+                    continue
+                stored: Stored | None = None
+                tracked = state is not None and job.stored is not None
+                if tracked:
+                    lookup = job.stored
+                    assert isinstance(lookup, asyncio.Future)
+                    stored = lookup.result() if lookup.done() else await lookup
                 self.attempts_started += 1
-                outcome = await worker.attempt(job.spec, job.attempts)
+                outcome = await worker.attempt(job.spec, job.attempts, tracked=tracked, stored=stored)
+                record = outcome.record
+                error = record.error
+                scheduler.report(
+                    job,
+                    status=record.status,
+                    kind=error.kind if error is not None else None,
+                    message=error.message if error is not None else "",
+                    elapsed=record.elapsed_ms / 1000,
+                    size=record.size,
+                )
                 if outcome.retry_after is not None:
                     # The host asked for quiet: everything queued for it waits, not only this one.
                     scheduler.pause(job.host, min(outcome.retry_after, options.max_retry_wait))
@@ -315,7 +368,9 @@ class _Engine:
                     scheduler.retry(job, delay)
                     continue
                 scheduler.finish(job)
-                self._resolve(job.spec.index, outcome.record)
+                if tracked and state is not None:
+                    _remember(state, record, stored)
+                self._resolve(job.spec.index, record)
                 if len(self.output) >= _OUTPUT_HIGH_WATER:
                     await self._drained()
         finally:
@@ -365,6 +420,24 @@ class _Engine:
         waiter = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(waiter)
         await waiter
+
+
+def _remember(state: StateStore, record: Record, stored: Stored | None) -> None:
+    """--state: keep what a complete, good response said; a failure keeps the last good validators."""
+    status = record.status
+    if record.error is not None or status is None or status >= 500 or status == 429:
+        return
+    from asyncfetch.state import Stored
+
+    if status == 304 and stored is not None:
+        sha256, saved_to = stored.sha256, stored.saved_to
+        etag = record.etag or stored.etag
+        last_modified = record.last_modified or stored.last_modified
+    else:
+        sha256, saved_to = record.sha256, record.saved_to
+        etag, last_modified = record.etag, record.last_modified
+    when = time.time()
+    state.remember(record.url, Stored(etag, last_modified, sha256, status, when, saved_to))
 
 
 async def _each(items: Iterable[RequestItem] | AsyncIterable[RequestItem]) -> AsyncIterator[RequestItem]:

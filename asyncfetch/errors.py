@@ -12,6 +12,7 @@ Every failed request ends as a record whose ``error.kind`` is one of :class:`Err
     protocol             the server spoke broken HTTP, or hung up without a complete answer
     too_many_redirects   more hops than ``max_redirects``
     too_large            the body grew past ``max_size`` (counted after content-decoding)
+    host_unreachable     not sent: its host had ``max_host_errors`` connect/timeout failures in a row
 
 Transports (ours, httpx's own, respx mocks) raise httpx exceptions; :func:`classify` is the
 single boundary that turns those, and the few builtin ones the engine sees, into a
@@ -41,10 +42,7 @@ class ErrorKind(StrEnum):
     PROTOCOL = "protocol"
     TOO_MANY_REDIRECTS = "too_many_redirects"
     TOO_LARGE = "too_large"
-
-
-# Failures worth another attempt (the contract's list); the rest would fail the same way again.
-RETRYABLE_KINDS = frozenset({ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.READ, ErrorKind.PROTOCOL})
+    HOST_UNREACHABLE = "host_unreachable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,9 @@
     FetchOptions()                                  # the contract's defaults
     FetchOptions(concurrency=200, timeout=5)        # 200 in flight, 5 s per attempt
     FetchOptions(per_host=4, rate=50, ordered=True) # polite, and in input order
+    FetchOptions(per_host_rate=2, adaptive=True)    # 2 starts/s per host, slower when a host struggles
+    FetchOptions(state=Path("state.db"))            # conditional re-fetch: ask only for what changed
+    FetchOptions(retry_on="429,500-599")            # the statuses retried (text or a set of ints)
 
 Every field is keyword-only; :func:`asyncfetch.fetch` takes the same names as keywords.
 Invalid values raise :class:`ValueError` with a message fit to show a user.
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncfetch._version import __version__
+from asyncfetch.retry import DEFAULT_RETRY_STATUSES, status_set
 
 MAX_CONCURRENCY = 100_000
 DEFAULT_USER_AGENT = f"asyncfetch/{__version__}"
@@ -139,6 +143,11 @@ class FetchOptions:
     fields: tuple[str, ...] | None = None
     dedupe: bool = False
     ordered: bool = False
+    retry_on: frozenset[int] = DEFAULT_RETRY_STATUSES
+    per_host_rate: float | None = None
+    adaptive: bool = False
+    max_host_errors: int = 10
+    state: Path | None = None
     # Not a user knob: where the engine may hold requests it has read but not started.
     lookahead: int = field(default=0, repr=False)
 
@@ -169,6 +178,12 @@ class FetchOptions:
             names = given.split(",") if isinstance(given, str) else list(self.fields)
             object.__setattr__(self, "fields", tuple(name.strip() for name in names if name.strip()))
             self._check_fields(self.fields)
+        # Text ("429,500-599") or any collection of statuses; always a frozenset once built.
+        object.__setattr__(self, "retry_on", status_set(self.retry_on))
+        if self.per_host_rate is not None and not 0 < self.per_host_rate < math.inf:
+            raise ValueError(f"per-host-rate must be more than 0 requests per second, not {self.per_host_rate}")
+        if self.max_host_errors < 0:
+            raise ValueError(f"max-host-errors must be 0 (never give up on a host) or more, not {self.max_host_errors}")
         if self.method is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", self.method):
             raise ValueError(f"not an HTTP method: {self.method!r}")
 

@@ -61,6 +61,9 @@ RECORD_FIELDS = (
     "saved_to",
     "timings",
     "tls",
+    "changed",
+    "etag",
+    "last_modified",
 )
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -142,6 +145,11 @@ class Record:
     tls: Any = NOT_ASKED  # with --tls: the facts of an HTTPS response, None for any other
     # --fields: the keys this record's JSON keeps (None: all of them). Shared by every record.
     fields: frozenset[str] | None = field(default=None, repr=False, compare=False)
+    # --state: whether the body differs from the last run's (None: no complete response), and
+    # the response's validators, when it had them.
+    changed: bool | None = None
+    etag: str | None = None
+    last_modified: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -187,6 +195,12 @@ class Record:
             out["timings"] = self.timings.to_dict()
         if self.tls is not NOT_ASKED:
             out["tls"] = self.tls
+        if self.changed is not None:
+            out["changed"] = self.changed
+        if self.etag is not None:
+            out["etag"] = self.etag
+        if self.last_modified is not None:
+            out["last_modified"] = self.last_modified
         if self.fields is not None:
             return {key: value for key, value in out.items() if key in self.fields}
         return out

@@ -7,6 +7,21 @@ or 503 with ``Retry-After`` is paused as a whole until then, ``--rate`` spaces r
 starts evenly (never more than R in any second, no bursts). Retries come back to the front
 of their host's queue after their backoff, without holding a worker while they wait.
 
+``--per-host-rate R`` spaces the starts on each host 1/R apart (retries included): a host
+waiting for its next slot is simply not ready, a timer makes it ready again, and other hosts
+go on meanwhile. A host is remembered until its next slot has come, so a request arriving
+for it after a quiet moment still waits its turn. With ``--rate`` too, a start takes both its
+host's slot and a global one, and the host's next slot counts from the moment it really started.
+
+``--adaptive`` hands each host's answers to :class:`asyncfetch.politeness.Adaptive` (AIMD:
+the rule is there): its window replaces ``--per-host`` as the host's limit and its spacing
+is added to the host's pace; it never goes beyond ``--per-host``, ``--per-host-rate`` or ``-c``.
+
+``--max-host-errors N``: after N connect or timeout failures in a row on one host
+(:class:`asyncfetch.politeness.Breaker`) the host is *down* for the rest of the run: its
+queued requests and retries are handed out at once, ignoring its limits and pace, with
+:attr:`Job.down` set, so the engine ends each with an error record without sending it.
+
 The scheduler holds at most ``capacity`` requests (waiting, running or backing off): the
 input is read no faster than requests finish, which keeps memory flat on endless input.
 """
@@ -18,7 +33,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from asyncfetch.errors import ErrorKind
 from asyncfetch.http import Origin, origin_of
+from asyncfetch.politeness import Adaptive, Breaker
 from asyncfetch.spec import RequestSpec
 
 
@@ -28,7 +45,21 @@ def host_key(spec: RequestSpec) -> Origin:
 
 
 class _Host:
-    __slots__ = ("active", "deferred", "key", "paused_until", "pending", "ready")
+    __slots__ = (
+        "active",
+        "adaptive",
+        "backing_off",
+        "breaker",
+        "deferred",
+        "down",
+        "key",
+        "last_start",
+        "paused_until",
+        "pending",
+        "ready",
+        "slot_at",
+        "slot_timer",
+    )
 
     def __init__(self, key: Origin) -> None:
         self.key = key
@@ -37,17 +68,33 @@ class _Host:
         self.pending: deque[Job] = deque()
         self.paused_until = 0.0
         self.ready = False  # in the scheduler's ready queue
+        self.slot_at = 0.0  # --per-host-rate / --adaptive: no start on this host before then
+        self.slot_timer = False  # a timer will make the host ready at its slot
+        self.last_start = float("-inf")
+        self.adaptive: Adaptive | None = None
+        self.breaker: Breaker | None = None
+        self.down: str | None = None  # why the breaker gave up on this host
+        self.backing_off: set[Job] = set()  # retries waiting out their backoff, to release when down
 
 
 class Job:
     """A request on its way through the scheduler, with the attempts made so far."""
 
-    __slots__ = ("attempts", "host", "spec")
+    __slots__ = ("attempts", "host", "spec", "started", "stored", "timer")
 
     def __init__(self, spec: RequestSpec, host: _Host) -> None:
         self.spec = spec
         self.host = host
         self.attempts = 0
+        self.started = 0.0  # the scheduler's clock when its last attempt was handed out
+        self.timer: asyncio.TimerHandle | None = None  # its backoff, while it waits one
+        # What the engine looked up for it before it was sent (--state), opaque here.
+        self.stored: object = None
+
+    @property
+    def down(self) -> str | None:
+        """Why its host is given up (``--max-host-errors``), or None: then it is not to be sent."""
+        return self.host.down
 
 
 class Scheduler:
@@ -59,11 +106,24 @@ class Scheduler:
         capacity: int,
         per_host: int = 0,
         rate: float | None = None,
+        per_host_rate: float | None = None,
+        adaptive: bool = False,
+        concurrency: int = 0,
+        max_host_errors: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._capacity = capacity
         self._per_host = per_host
         self._interval = 1.0 / rate if rate else 0.0
+        self._host_interval = 1.0 / per_host_rate if per_host_rate else 0.0
+        self._adaptive = adaptive
+        # The most an adaptive window may reach: the user's per-host limit, else every worker.
+        self._ceiling = per_host or concurrency or capacity
+        self._max_host_errors = max_host_errors
+        # What was learnt about hosts that outlives their queue: the hosts given up, and the
+        # adaptive state of hosts still backed off (dropped once they are back at rest).
+        self._down: dict[Origin, str] = {}
+        self._learnt: dict[Origin, Adaptive] = {}
         self._clock = clock
         self._next_start = 0.0
         self._hosts: dict[Origin, _Host] = {}
@@ -81,8 +141,12 @@ class Scheduler:
         return self._held
 
     # -- the producer's side -------------------------------------------------------------------
-    async def put(self, spec: RequestSpec) -> None:
-        """Queue a request; waits while the scheduler is full."""
+    async def put(self, spec: RequestSpec, stored: object = None) -> None:
+        """Queue a request; waits while the scheduler is full.
+
+        ``stored`` travels with the request to the worker (:attr:`Job.stored`); a callable is
+        called once the request is taken in, and its result travels instead.
+        """
         while self._held >= self._capacity and not self._stopped:
             await self._park(self._putters)
         if self._stopped:
@@ -90,8 +154,10 @@ class Scheduler:
         key = host_key(spec)
         host = self._hosts.get(key)
         if host is None:
-            host = self._hosts[key] = _Host(key)
-        host.pending.append(Job(spec, host))
+            host = self._hosts[key] = self._new_host(key)
+        job = Job(spec, host)
+        job.stored = stored() if callable(stored) else stored
+        host.pending.append(job)
         self._held += 1
         self._make_ready(host)
 
@@ -120,19 +186,35 @@ class Scheduler:
             while ready:
                 host = ready.popleft()
                 host.ready = False
-                if host.paused_until > self._clock():
+                if host.down is not None:
+                    # Given up: hand its requests out at once, to be ended without a word sent.
+                    job = host.pending.popleft()
+                    host.active += 1
+                    self._make_ready(host)
+                    return job
+                now = self._clock()
+                if host.paused_until > now:
                     continue  # paused after it was queued; its timer queues it again
                 job = host.pending.popleft()
                 host.active += 1
+                interval = self._interval_of(host)
+                if interval:
+                    # Claim the host's slot now, so no other worker takes it meanwhile.
+                    host.slot_at = max(host.slot_at, now + interval)
                 self._make_ready(host)
                 if self._interval:
                     await self._pace()
-                    if self._stopped or host.paused_until > self._clock():
-                        # Paused (or stopped) while this one waited for its rate slot: it waits too.
+                    if self._stopped or host.paused_until > self._clock() or host.down is not None:
+                        # Paused (or stopped, or given up) while this one waited for its rate
+                        # slot: it waits too.
                         host.active -= 1
                         self._requeue(job)
                         continue
+                    if interval:
+                        # The host's next slot counts from this real start, after the global wait.
+                        host.slot_at = max(host.slot_at, self._clock() + interval)
                 job.attempts += 1
+                job.started = host.last_start = self._clock()
                 return job
             if self._closed and self._held == 0:
                 return None
@@ -159,11 +241,48 @@ class Scheduler:
         """Start the request again after ``delay`` seconds, at the front of its host's queue."""
         self._release(job)
         host = job.host
-        if delay > 0:
+        if delay > 0 and host.down is None:
             host.deferred += 1
-            self._later(delay, self._end_backoff, job)
+            host.backing_off.add(job)
+            job.timer = self._later(delay, self._end_backoff, job)
         else:
             self._requeue(job)
+
+    def report(
+        self,
+        job: Job,
+        *,
+        status: int | None,
+        kind: ErrorKind | None,
+        message: str = "",
+        elapsed: float = 0.0,
+        size: int = 0,
+    ) -> None:
+        """What the attempt just handed out for ``job`` met: feeds the breaker and ``--adaptive``."""
+        host = job.host
+        if host.down is not None:
+            return
+        breaker = host.breaker
+        if breaker is not None and breaker.observe(status=status, kind=kind, message=message):
+            self._give_up(host, breaker)
+            return
+        adaptive = host.adaptive
+        if adaptive is not None:
+            now = self._clock()
+            backed_off = adaptive.observe(
+                started=job.started, now=now, status=status, kind=kind, elapsed=elapsed, size=size
+            )
+            if backed_off:
+                host.slot_at = max(host.slot_at, host.last_start + adaptive.interval)
+            if adaptive.at_rest:
+                self._learnt.pop(host.key, None)
+            else:
+                self._learnt[host.key] = adaptive
+            self._make_ready(host)
+
+    def host_state(self, job: Job) -> tuple[int, float]:
+        """``(limit, interval)`` of the job's host now: requests in flight allowed (0: any), seconds between starts."""
+        return self._limit_of(job.host), self._interval_of(job.host)
 
     # -- internals -----------------------------------------------------------------------------
     def _release(self, job: Job) -> None:
@@ -176,8 +295,53 @@ class Scheduler:
         self._make_ready(job.host)
 
     def _end_backoff(self, job: Job) -> None:
+        job.timer = None
         job.host.deferred -= 1
+        job.host.backing_off.discard(job)
         self._requeue(job)
+
+    def _new_host(self, key: Origin) -> _Host:
+        host = _Host(key)
+        host.down = self._down.get(key)
+        if self._max_host_errors:
+            host.breaker = Breaker(self._max_host_errors)
+        if self._adaptive:
+            learnt = self._learnt.get(key)
+            host.adaptive = learnt if learnt is not None else Adaptive(self._ceiling, self._host_interval)
+        return host
+
+    def _give_up(self, host: _Host, breaker: Breaker) -> None:
+        host.down = (
+            f"not sent: {breaker.failures} connect or timeout failures in a row on this host"
+            f" (--max-host-errors {breaker.limit}); the last: {breaker.last}"
+        )
+        self._down[host.key] = host.down
+        self._learnt.pop(host.key, None)
+        # Its retries waiting out a backoff come back now, to be ended at once too.
+        for job in list(host.backing_off):
+            if job.timer is not None:
+                job.timer.cancel()
+                self._timers.discard(job.timer)
+            self._end_backoff(job)
+        self._make_ready(host)
+
+    def _limit_of(self, host: _Host) -> int:
+        if host.adaptive is not None:
+            return host.adaptive.limit
+        return self._per_host
+
+    def _interval_of(self, host: _Host) -> float:
+        if host.adaptive is not None:
+            return host.adaptive.interval
+        return self._host_interval
+
+    def _slot_due(self, host: _Host, at: float) -> None:
+        # Like _unpause: the timer is the authority (it may fire a hair before the clock says `at`).
+        host.slot_timer = False
+        if host.slot_at <= at:
+            host.slot_at = 0.0
+        self._make_ready(host)
+        self._forget_if_idle(host)
 
     def _unpause(self, host: _Host, until: float) -> None:
         # The timer is the authority: loop timers may fire a hair before the clock says `until`
@@ -188,22 +352,39 @@ class Scheduler:
         self._forget_if_idle(host)
 
     def _make_ready(self, host: _Host) -> None:
-        if (
-            host.ready
-            or not host.pending
-            or (self._per_host and host.active >= self._per_host)
-            or host.paused_until > self._clock()
-            or self._stopped
-        ):
+        if host.ready or not host.pending or self._stopped:
             return
+        if host.down is None:
+            limit = self._limit_of(host)
+            if limit and host.active >= limit:
+                return
+            now = self._clock()
+            if host.paused_until > now:
+                return
+            if host.slot_at > now:
+                self._wake_at_slot(host, now)
+                return
         host.ready = True
         self._ready.append(host)
         if self._getters:
             self._wake_one(self._getters)
 
     def _forget_if_idle(self, host: _Host) -> None:
-        if not (host.pending or host.active or host.deferred) and host.paused_until <= self._clock():
-            self._hosts.pop(host.key, None)
+        if host.pending or host.active or host.deferred:
+            return
+        now = self._clock()
+        if host.paused_until > now:
+            return
+        if host.slot_at > now:
+            self._wake_at_slot(host, now)  # forgotten once its slot has come
+            return
+        if self._hosts.get(host.key) is host:
+            del self._hosts[host.key]
+
+    def _wake_at_slot(self, host: _Host, now: float) -> None:
+        if not host.slot_timer:
+            host.slot_timer = True
+            self._later(host.slot_at - now, self._slot_due, host, host.slot_at)
 
     async def _pace(self) -> None:
         now = self._clock()
@@ -212,7 +393,7 @@ class Scheduler:
         if start > now:
             await asyncio.sleep(start - now)
 
-    def _later(self, delay: float, callback: Callable[..., None], *args: object) -> None:
+    def _later(self, delay: float, callback: Callable[..., None], *args: object) -> asyncio.TimerHandle:
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 
@@ -222,6 +403,7 @@ class Scheduler:
 
         timer = loop.call_later(delay, fire)
         self._timers.add(timer)
+        return timer
 
     async def _park(self, queue: deque[asyncio.Future[None]]) -> None:
         future = asyncio.get_running_loop().create_future()

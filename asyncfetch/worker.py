@@ -4,7 +4,7 @@ An attempt is the whole redirect chain under one hard deadline (``timeout``): co
 request, every hop, every body byte. The body is never held unless ``--body`` asks for it:
 it is content-decoded in bounded steps, hashed, counted against ``max_size`` and, with
 ``--save``, written to a temporary file that only becomes the saved file when complete.
-:func:`retry_delay` then decides whether the outcome deserves another attempt.
+:func:`asyncfetch.retry.retry_delay` then decides whether the outcome deserves another attempt.
 """
 
 from __future__ import annotations
@@ -13,25 +13,27 @@ import asyncio
 import base64
 import email.utils
 import hashlib
-import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from asyncfetch.decode import Decoder
-from asyncfetch.errors import ErrorKind, FetchError, classify
-from asyncfetch.http import IDEMPOTENT_METHODS, wire_headers
+from asyncfetch.errors import ErrorKind, Failure, FetchError, classify
+from asyncfetch.http import wire_headers
 from asyncfetch.options import FetchOptions
 from asyncfetch.record import NOT_ASKED, Record, Redirect, Timings, iso_utc
 from asyncfetch.save import BodyFile, BodySaver, SaveError
 from asyncfetch.spec import RequestSpec
 from asyncfetch.transport import REMOTE, SSL_OBJECT, TIMER, PhaseTimer
 
+if TYPE_CHECKING:
+    from asyncfetch.state import Stored
+
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_NOT_MODIFIED = 304
 # Errors raised before any byte of the request left this machine: safe to retry any method.
 _NOT_SENT = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS})
 # A redirect's own body is read (to keep the connection) only up to this much.
@@ -56,6 +58,8 @@ class _Progress:
     remote: tuple[str, int] | None = None
     ssl_object: Any = None
     timer: PhaseTimer | None = None
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +80,14 @@ class Worker:
         self._saver = saver
         self._fields = options.record_fields
 
-    async def attempt(self, spec: RequestSpec, attempts: int) -> Outcome:
-        """Make attempt number ``attempts`` at ``spec``; failures are returned, never raised."""
+    async def attempt(
+        self, spec: RequestSpec, attempts: int, *, tracked: bool = False, stored: Stored | None = None
+    ) -> Outcome:
+        """Make attempt number ``attempts`` at ``spec``; failures are returned, never raised.
+
+        ``tracked`` (``--state``): the record says whether the body ``changed`` since ``stored``,
+        what the last run learnt (None: first sight), whose validators make the request conditional.
+        """
         deadline = spec.timeout or self._options.timeout
         started = time.time()
         clock = time.perf_counter()
@@ -87,7 +97,7 @@ class Worker:
         not_sent = False
         try:
             async with asyncio.timeout(deadline):
-                await self._exchange(spec, progress, redirects)
+                await self._exchange(spec, progress, redirects, stored)
         except Exception as exc:  # noqa: BLE001  (classify re-raises what is not a request failure)
             error = classify(exc, deadline=deadline)
             failure = error.failure
@@ -123,12 +133,30 @@ class Worker:
             timings=_timings(progress.timer, elapsed_ms) if options.timings else None,
             tls=_tls(progress.ssl_object) if options.tls else NOT_ASKED,
             fields=self._fields,
+            changed=_changed(progress, stored) if tracked and failure is None else None,
+            etag=progress.etag if tracked else None,
+            last_modified=progress.last_modified if tracked else None,
         )
         return Outcome(record, progress.retry_after, not_sent)
 
-    async def _exchange(self, spec: RequestSpec, progress: _Progress, redirects: list[Redirect]) -> None:
+    def refused(self, spec: RequestSpec, attempts: int, message: str) -> Record:
+        """The record of a request not sent because its host is given up (``--max-host-errors``)."""
+        return Record(
+            url=spec.url,
+            index=spec.index,
+            id=spec.id,
+            method=spec.method,
+            attempts=attempts,
+            error=Failure(ErrorKind.HOST_UNREACHABLE, message),
+        )
+
+    async def _exchange(
+        self, spec: RequestSpec, progress: _Progress, redirects: list[Redirect], stored: Stored | None
+    ) -> None:
         options = self._options
         method, url, headers, body = spec.method, spec.target, spec.headers, spec.body
+        if stored is not None:
+            headers = _conditional(headers, stored)
         while True:
             progress.status = None  # until this hop answers: a failed hop has no status of its own
             progress.remote = progress.ssl_object = None
@@ -147,12 +175,14 @@ class Worker:
                 progress.http_version = response.http_version
                 fields = _ResponseFields(response.headers)
                 progress.content_type = fields.content_type
+                progress.etag = fields.etag
+                progress.last_modified = fields.last_modified
                 progress.retry_after = _retry_after(fields.retry_after) if status in (429, 503) else None
                 if options.include_headers:
                     progress.headers = _header_dict(response.headers)
                 location = fields.location if status in _REDIRECTS else None
                 if location is None or not options.follow:
-                    await self._read_body(spec, response, fields.content_encoding, progress)
+                    await self._read_body(spec, response, fields.content_encoding, progress, stored)
                     return
                 if len(redirects) >= options.max_redirects:
                     raise FetchError(
@@ -175,10 +205,17 @@ class Worker:
             url = next_url
 
     async def _read_body(
-        self, spec: RequestSpec, response: httpx.Response, content_encoding: str | None, progress: _Progress
+        self,
+        spec: RequestSpec,
+        response: httpx.Response,
+        content_encoding: str | None,
+        progress: _Progress,
+        stored: Stored | None,
     ) -> None:
         decoder = Decoder(content_encoding)
-        saving = self._start_saving(progress.url, spec.index)
+        # A 304 has no body by definition: nothing to save (the earlier run's file still holds it).
+        not_modified = response.status_code == _NOT_MODIFIED
+        saving = None if not_modified else self._start_saving(progress.url, spec.index)
         body = _Body(progress, self._options.max_size, keep=self._options.include_body, saving=saving)
         try:
             async for raw in _raw_stream(response):
@@ -194,6 +231,12 @@ class Worker:
                 saving.discard()
             raise
         progress.sha256 = body.hasher.hexdigest()
+        if stored is not None and stored.saved_to is not None and (not_modified or progress.sha256 == stored.sha256):
+            # --state: unchanged since the run that saved it; that file is this body, not rewritten.
+            if saving is not None:
+                saving.discard()
+                saving = None
+            progress.saved_to = stored.saved_to
         if saving is not None:
             try:
                 progress.saved_to = saving.commit()
@@ -238,38 +281,24 @@ class _Body:
                 raise SaveError(progress.url, exc) from exc
 
 
-def retry_delay(outcome: Outcome, attempts: int, options: FetchOptions) -> float | None:
-    """Seconds to wait before the next attempt, or None when this outcome is final."""
-    if attempts > options.retries:
-        return None
-    record = outcome.record
-    error = record.error
-    if error is not None:
-        if error.kind not in (ErrorKind.CONNECT, ErrorKind.TIMEOUT, ErrorKind.READ, ErrorKind.PROTOCOL):
-            return None
-    elif record.status not in _RETRY_STATUSES:
-        return None
-    # A request that may have reached the server goes again only if doing so is harmless.
-    if record.method not in IDEMPOTENT_METHODS and not outcome.not_sent:
-        return None
-    if outcome.retry_after is not None:
-        return min(outcome.retry_after, options.max_retry_wait)
-    ceiling = min(options.max_retry_wait, 0.5 * 2 ** (attempts - 1))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311  (jitter, not cryptography)
-
-
 class _ResponseFields:
     """The few response headers the worker needs, found in one pass (no repeated lookups)."""
 
-    __slots__ = ("content_encoding", "content_type", "location", "retry_after")
+    __slots__ = ("content_encoding", "content_type", "etag", "last_modified", "location", "retry_after")
 
     def __init__(self, headers: httpx.Headers) -> None:
         self.content_type: str | None = None
         self.content_encoding: str | None = None
         self.location: str | None = None
         self.retry_after: str | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
         for name, value in headers.multi_items():
-            if name == "content-type":
+            if name == "etag":
+                self.etag = value
+            elif name == "last-modified":
+                self.last_modified = value
+            elif name == "content-type":
                 self.content_type = value
             elif name == "content-encoding":
                 self.content_encoding = f"{self.content_encoding}, {value}" if self.content_encoding else value
@@ -311,6 +340,26 @@ def _tls(ssl_object: Any) -> dict[str, Any] | None:
     from asyncfetch.tlsfacts import describe
 
     return describe(ssl_object)
+
+
+def _conditional(headers: tuple[tuple[bytes, bytes], ...], stored: Stored) -> tuple[tuple[bytes, bytes], ...]:
+    """``headers`` with If-None-Match / If-Modified-Since from ``stored``, unless the user set them."""
+    names = {name.lower() for name, _ in headers}
+    extra: list[tuple[bytes, bytes]] = []
+    if stored.etag is not None and b"if-none-match" not in names:
+        extra.append((b"If-None-Match", stored.etag.encode("latin-1", "replace")))
+    if stored.last_modified is not None and b"if-modified-since" not in names:
+        extra.append((b"If-Modified-Since", stored.last_modified.encode("latin-1", "replace")))
+    return headers + tuple(extra) if extra else headers
+
+
+def _changed(progress: _Progress, stored: Stored | None) -> bool:
+    """--state: whether this complete response differs from what the last run stored."""
+    if progress.status == _NOT_MODIFIED:
+        return False  # the server says so (to our validators, or to the user's own)
+    if stored is None:
+        return True  # first sight
+    return progress.sha256 != stored.sha256
 
 
 def _raw_stream(response: httpx.Response) -> AsyncIterator[bytes]:

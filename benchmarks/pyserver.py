@@ -3,23 +3,30 @@
     python benchmarks/pyserver.py --port 8097
 
 Same endpoints as benchmarks/nginx.conf: /ok, /sleep/MS, /bytes/1k, /bytes/100k, /bytes/1m and
-/server_status (nginx stub_status format). Keep-alive, one request at a time per connection
-(pipelined requests wait their turn), GET/HEAD only, bodies of requests are skipped. It is one
-Python process on one event loop (uvloop when importable), so on /ok it is much slower than
-nginx: on that workload it measures the server as much as the client.
+/server_status (nginx stub_status format), plus /cond/SIZE (ok, 1k, 100k, 1m: that body with an
+ETag and a Last-Modified; 304 when If-None-Match matches, as a static file server answers).
+Keep-alive, one request at a time per connection (pipelined requests wait their turn), GET/HEAD
+only, bodies of requests are skipped. It is one Python process on one event loop (uvloop when
+importable), so on /ok it is much slower than nginx: on that workload it measures the server as
+much as the client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import signal
 from typing import cast
 
 _MAX_HEAD = 64 * 1024
 _BYTES = {b"1k": os.urandom(1024), b"100k": os.urandom(100 * 1024), b"1m": os.urandom(1024 * 1024)}
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+_REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+_CONDITIONAL = {b"ok": b"ok\n", **_BYTES}
+# The body is random per process: an ETag from its digest changes when the server restarts.
+_ETAGS = {name: f'"{hashlib.sha256(body).hexdigest()[:16]}"' for name, body in _CONDITIONAL.items()}
+_LAST_MODIFIED = b"Tue, 01 Dec 2026 00:00:00 GMT"
 
 
 class Counters:
@@ -37,15 +44,17 @@ class Counters:
         ).encode()
 
 
-def response(status: int, body: bytes, *, keep_alive: bool, head_only: bool = False) -> bytes:
+def response(status: int, body: bytes, *, keep_alive: bool, head_only: bool = False, etag: str | None = None) -> bytes:
+    validators = b"ETag: %s\r\nLast-Modified: %s\r\n" % (etag.encode(), _LAST_MODIFIED) if etag else b""
     head = (
         b"HTTP/1.1 %d %s\r\nServer: asyncfetch-bench\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-        b"Connection: %s\r\n\r\n"
+        b"%sConnection: %s\r\n\r\n"
         % (
             status,
             _REASONS[status],
             b"application/octet-stream" if len(body) >= 1024 else b"text/plain",
             len(body),
+            validators,
             b"keep-alive" if keep_alive else b"close",
         )
     )
@@ -119,6 +128,17 @@ class Connection(asyncio.Protocol):
             status, body = 200, self.counters.status_page()
         elif path.startswith("/bytes/") and path[7:].encode() in _BYTES:
             status, body = 200, _BYTES[path[7:].encode()]
+        elif path.startswith("/cond/") and path[6:].encode() in _CONDITIONAL:
+            body = _CONDITIONAL[path[6:].encode()]
+            etag = _ETAGS[path[6:].encode()]
+            if headers.get("if-none-match") == etag:
+                status, body = 304, b""
+            else:
+                status = 200
+            self.transport.write(response(status, body, keep_alive=keep_alive, head_only=head_only, etag=etag))
+            if not keep_alive:
+                self.transport.close()
+            return
         elif path.startswith("/sleep/") and path[7:].isdigit():
             millis = int(path[7:])
             self.waiting = True

@@ -28,6 +28,11 @@ tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in bra
     /bye                        200 "bye\n" (keep-alive by its headers), then closes the connection
     /close-once/KEY             the first request for KEY is closed without a word, later ones get 200
     /resource/N                 N bytes (Content-Length); a HEAD gets the headers only, as HTTP requires
+    /cond/KEY [validators]      the body ``server.documents[KEY]`` (default b"v1"), with an ETag and a
+                                Last-Modified of that body (validators=etag, lm, both: default, none);
+                                honours If-None-Match / If-Modified-Since with a 304; 503 while KEY
+                                is in ``server.closed_gates``
+    /gate/KEY [ms]              503 while KEY is in ``server.closed_gates``, else 200 after ms milliseconds
 
 Every request is recorded: path, method, headers, start time (``time.monotonic()``), and the
 highest number in flight at once (``max_in_flight``).
@@ -36,7 +41,10 @@ highest number in flight at once (``max_in_flight``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import gzip
+import hashlib
 import json
 import socket
 import struct
@@ -84,6 +92,8 @@ class TestServer:
         self._ssl = ssl_context
         self._lock = threading.Lock()
         self.stats = Stats()
+        self.documents: dict[str, bytes] = {}  # /cond/KEY bodies; change one to change the resource
+        self.closed_gates: set[str] = set()  # /gate/KEY answers 503 while KEY is here
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="test-http-server", daemon=True)
@@ -301,10 +311,89 @@ class TestServer:
                 writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
             else:
                 send(200, _pattern(size), [("Content-Type", "application/octet-stream")])
+        elif route == "cond" and arg in self.closed_gates:
+            send(503, b"closed\n")
+        elif route == "cond":
+            send(*_conditional(self.documents.get(arg, b"v1"), query.get("validators", "both"), seen.headers))
+        elif route == "gate":
+            if arg in self.closed_gates:
+                send(503, b"closed\n")
+            else:
+                await asyncio.sleep(int(query.get("ms", "0")) / 1000)
+                send(200, b"open\n")
         else:
             send(404, b"no such route\n")
         await writer.drain()
         return True
+
+
+def _conditional(body: bytes, validators: str, headers: dict[str, str]) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """The answer of /cond: 200 with the body's validators, or 304 when the request's match them."""
+    digest = hashlib.sha256(body).hexdigest()
+    etag = f'"{digest[:16]}"'
+    # A Last-Modified that changes with the body: seconds since 2020 taken from its digest.
+    modified = email.utils.formatdate(1_577_836_800 + int(digest[:6], 16), usegmt=True)
+    out: list[tuple[str, str]] = []
+    if validators in ("etag", "both"):
+        out.append(("ETag", etag))
+        if headers.get("if-none-match") == etag:
+            return 304, b"", out
+    if validators in ("lm", "both"):
+        out.append(("Last-Modified", modified))
+        if "if-none-match" not in headers and headers.get("if-modified-since") == modified:
+            return 304, b"", out
+    return 200, body, [*out, ("Content-Type", "text/plain")]
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: every request times out.
+
+    ``connections`` counts the connections it accepted (from any thread).
+    """
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(4096)
+        self.port: int = self._listener.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, name="blackhole", daemon=True)
+        self._stopped = False
+
+    def start(self) -> Blackhole:
+        self._thread.start()
+        return self
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._accepted)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._accepted.append(conn)  # held open, never read: the request waits forever
+
+    def stop(self) -> None:
+        self._stopped = True
+        # Wake accept() with a connection of our own, then close everything.
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            pass
+        self._thread.join(5)
+        self._listener.close()
+        with self._lock:
+            for conn in self._accepted:
+                conn.close()
 
 
 def _pattern(size: int) -> bytes:

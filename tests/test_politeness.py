@@ -1,4 +1,5 @@
-"""Politeness: --per-host, --rate and host-level backoff, seen from the servers' side.
+"""Politeness: --per-host, --rate, --per-host-rate, --adaptive, --max-host-errors and host-level backoff,
+seen from the servers' side.
 
 Every assertion here reads what the local servers recorded (the time each request started,
 the most in flight at once): concurrency and timing are invisible to a mocked transport.
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 
 import asyncfetch
-from tests.conftest import records_of, run_cli
-from tests.server import TestServer
+from asyncfetch.errors import ErrorKind
+from asyncfetch.politeness import Adaptive
+from tests.conftest import records_of, run_cli, unused_port
+from tests.server import Blackhole, TestServer
 
 pytestmark = pytest.mark.anyio
 
@@ -190,3 +193,166 @@ async def test_retry_after_holds_requests_already_waiting_for_their_rate_slot(fr
     assert all(record.ok for record in records)
     answered = min(starts(fresh_server, prefix="/flaky/"))
     assert min(starts(fresh_server, prefix="/ok")) >= answered + 1.0 - TIMER_SLACK
+
+
+# -- --per-host-rate -----------------------------------------------------------------------------
+async def test_per_host_rate_spaces_each_hosts_starts_while_hosts_run_side_by_side(
+    fresh_server: TestServer, other_fresh_server: TestServer
+) -> None:
+    """--per-host-rate 10: each host's starts are at least 1/10 s apart with no burst, and the two hosts overlap."""
+    rate = 10
+    urls = [server.url(f"/ok?n={i}") for i in range(12) for server in (fresh_server, other_fresh_server)]
+    records = await collect_all(urls, per_host_rate=rate, concurrency=10)
+    assert all(record.ok for record in records)
+    for server in (fresh_server, other_fresh_server):
+        stamps = starts(server)
+        assert len(stamps) == 12
+        assert all(b - a >= 1 / rate - RATE_WINDOW_SLACK for a, b in itertools.pairwise(stamps))
+        assert most_in_window(stamps, 1.0 - RATE_WINDOW_SLACK) <= rate
+    a, b = starts(fresh_server), starts(other_fresh_server)
+    # Per host, not overall: the second host did not wait for the first to finish.
+    assert b[0] < a[-1] - 0.5
+    assert most_in_window(a + b, 1.0 - RATE_WINDOW_SLACK) > rate
+
+
+async def test_per_host_rate_combines_with_rate_and_per_host(
+    fresh_server: TestServer, other_fresh_server: TestServer
+) -> None:
+    """--per-host-rate 6 with --rate 8 and --per-host 1: every limit holds at once, retries included."""
+    urls = [server.url(f"/sleep/20?n={i}") for i in range(6) for server in (fresh_server, other_fresh_server)]
+    urls.append(fresh_server.url("/flaky/phr?fail=1"))  # one retry, paced like the rest
+    records = await collect_all(urls, per_host_rate=6, rate=8, per_host=1, concurrency=10)
+    assert all(record.ok for record in records)
+    for server in (fresh_server, other_fresh_server):
+        stamps = starts(server)
+        assert all(b - a >= 1 / 6 - RATE_WINDOW_SLACK for a, b in itertools.pairwise(stamps))
+        assert server.stats.max_in_flight == 1
+    together = starts(fresh_server, other_fresh_server)
+    assert len(together) == 14
+    assert most_in_window(together, 1.0 - RATE_WINDOW_SLACK) <= 8
+
+
+# -- --max-host-errors ---------------------------------------------------------------------------
+async def test_the_breaker_gives_up_a_host_after_n_failures_in_a_row_and_only_that_host(
+    fresh_server: TestServer,
+) -> None:
+    """With --max-host-errors 3, a refusing host gets 3 connect records, then host_unreachable ones, nothing sent;
+    another host in the same run is untouched."""
+    dead = f"http://127.0.0.1:{unused_port()}"
+    urls = [f"{dead}/{i}" for i in range(20)] + [fresh_server.url(f"/ok?n={i}") for i in range(10)]
+    records = await collect_all(urls, concurrency=1, retries=0, max_host_errors=3)
+    assert len(records) == 30
+    kinds = [r.error.kind if r.error else None for r in records if r.url.startswith(dead)]
+    assert kinds.count(ErrorKind.CONNECT) == 3
+    assert kinds.count(ErrorKind.HOST_UNREACHABLE) == 17
+    refused = [r for r in records if r.error and r.error.kind is ErrorKind.HOST_UNREACHABLE]
+    assert all(r.attempts == 0 and "max-host-errors 3" in r.error.message for r in refused if r.error)
+    assert all(r.ok for r in records if r.url.startswith(fresh_server.base))
+
+
+async def test_the_breaker_counts_retries_and_max_host_errors_0_disables_it() -> None:
+    """Failed attempts count, retries included (2 requests x 2 attempts trip 4); with 0 every request is tried."""
+    dead = f"http://127.0.0.1:{unused_port()}"
+    urls = [f"{dead}/{i}" for i in range(6)]
+    records = await collect_all(urls, concurrency=1, retries=1, max_retry_wait=0, max_host_errors=4)
+    assert [r.error.kind for r in records if r.error] == [ErrorKind.CONNECT] * 2 + [ErrorKind.HOST_UNREACHABLE] * 4
+    assert [r.attempts for r in records] == [2, 2, 0, 0, 0, 0]
+    records = await collect_all(urls, concurrency=1, retries=0, max_host_errors=0)
+    assert [r.error.kind for r in records if r.error] == [ErrorKind.CONNECT] * 6
+
+
+async def test_a_blackholed_host_does_not_cost_each_request_its_deadline(fresh_server: TestServer) -> None:
+    """2,000 URLs on a host that accepts and never answers: only the first wave is sent (server connections
+    <= 2 x -c), every other request is ended unsent; the other host's requests all succeed."""
+    hole = Blackhole().start()
+    try:
+        urls = [hole.url(f"/{i}") for i in range(2000)] + [fresh_server.url(f"/ok?n={i}") for i in range(50)]
+        records = await collect_all(urls, concurrency=20, timeout=0.5, retries=2, max_retry_wait=0, max_host_errors=5)
+        connections = hole.connections
+    finally:
+        hole.stop()
+    assert len(records) == 2050
+    lost = [r for r in records if r.url.startswith(f"http://127.0.0.1:{hole.port}/")]
+    kinds = [r.error.kind for r in lost if r.error]
+    assert len(kinds) == 2000
+    assert kinds.count(ErrorKind.TIMEOUT) <= 20
+    assert kinds.count(ErrorKind.HOST_UNREACHABLE) >= 1980
+    assert sum(r.attempts for r in lost) <= 40
+    assert connections <= 40
+    assert all(r.ok for r in records if r.url.startswith(fresh_server.base))
+
+
+# -- --adaptive ------------------------------------------------------------------------------------
+async def test_adaptive_backs_off_while_a_host_answers_503_and_recovers_when_it_is_healthy(
+    fresh_server: TestServer,
+) -> None:
+    """A host that starts and stops answering 503: the 503s shrink its window and then space its starts
+    (>= 0.25 s apart); healthy answers bring it back to --per-host 4, never above."""
+    gate = "adaptive"
+    urls = [fresh_server.url(f"/gate/{gate}?ms=50&n={i}") for i in range(400)]
+    stats = fresh_server.stats
+    phase = "healthy"
+    records = unavailable = closed_at = opened_at = 0
+    async for record in asyncfetch.fetch(urls, adaptive=True, per_host=4, concurrency=8, retries=0):
+        records += 1
+        unavailable += record.status == 503
+        if phase == "healthy" and records == 20:
+            assert stats.max_in_flight == 4  # the user's limit, used
+            fresh_server.closed_gates.add(gate)
+            closed_at, phase = len(stats.requests), "closed"
+        elif phase == "closed" and unavailable == 8:
+            # Halved twice (4 -> 2 -> 1), then spaced 0.25 s, then 0.5 s: the host is eased off.
+            fresh_server.closed_gates.discard(gate)
+            opened_at, phase = len(stats.requests), "open"
+            stats.max_in_flight = stats.in_flight
+        elif phase == "open" and records >= opened_at + 80:
+            break
+    assert phase == "open"
+    stamps = [seen.started for seen in stats.requests]
+    # Backing off: the last starts of the 503 spell were spaced out, one at a time.
+    closed = stamps[closed_at:opened_at]
+    assert all(b - a >= 0.25 - RATE_WINDOW_SLACK for a, b in itertools.pairwise(closed[-3:])), closed
+    # Recovered: back to 4 in flight at once, never above the user's --per-host.
+    assert stats.max_in_flight == 4
+    assert all(b - a < 0.25 for a, b in itertools.pairwise(stamps[-10:]))
+
+
+def test_adaptive_rule_halves_the_window_then_spaces_starts_then_recovers_step_by_step() -> None:
+    """The AIMD rule of asyncfetch.politeness: halve to 1, then double the spacing; heal spacing first, then window."""
+    host = Adaptive(ceiling=8, min_interval=0.0)
+    signal: dict[str, Any] = {"status": 503, "kind": None, "elapsed": 0.01, "size": 0}
+    healthy: dict[str, Any] = {"status": 200, "kind": None, "elapsed": 0.01, "size": 10}
+    now = 0.0
+    limits = []
+    for _ in range(5):
+        now += 1
+        assert host.observe(started=now, now=now, **signal)
+        limits.append((host.limit, host.interval))
+    assert limits == [(4, 0.0), (2, 0.0), (1, 0.0), (1, 0.25), (1, 0.5)]
+    # An answer to a request sent before the last back-off does not back off again.
+    assert not host.observe(started=now - 0.5, now=now + 0.1, **signal)
+    assert host.interval == 0.5
+    steps = 0
+    while host.interval > 0:
+        host.observe(started=now, now=now, **healthy)
+        steps += 1
+    assert steps > 5  # gradually, not at once
+    assert host.limit == 1
+    while host.limit < 8:
+        host.observe(started=now, now=now, **healthy)
+        steps += 1
+    for _ in range(100):
+        host.observe(started=now, now=now, **healthy)
+    assert host.limit == 8  # never past the ceiling
+
+
+def test_adaptive_counts_timeouts_and_markedly_slow_answers_but_not_big_bodies() -> None:
+    """A timeout backs off; after warm-up, a 4x slower answer (over 0.2 s) backs off, unless it is big."""
+    host = Adaptive(ceiling=4, min_interval=0.1)
+    assert host.observe(started=1, now=1, status=None, kind=ErrorKind.TIMEOUT, elapsed=5, size=0)
+    assert host.limit == 2
+    for _ in range(10):
+        assert not host.observe(started=2, now=2, status=200, kind=None, elapsed=0.1, size=100)
+    assert not host.observe(started=3, now=3, status=200, kind=None, elapsed=2.0, size=50 * 1024 * 1024)
+    assert host.observe(started=3, now=3, status=200, kind=None, elapsed=2.0, size=100)
+    assert host.interval >= 0.1  # never faster than --per-host-rate

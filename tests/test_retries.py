@@ -11,7 +11,9 @@ from urllib.parse import quote
 import pytest
 
 from asyncfetch.errors import ErrorKind
+from asyncfetch.options import FetchOptions
 from asyncfetch.record import Record
+from asyncfetch.retry import DEFAULT_RETRY_STATUSES, parse_statuses
 from tests.conftest import collect, unused_port
 from tests.server import TestServer
 
@@ -199,3 +201,30 @@ async def test_too_large_and_too_many_redirects_are_never_retried(fresh_server: 
     )
     assert {(_kind(r), r.attempts) for r in records} == {(ErrorKind.TOO_LARGE, 1), (ErrorKind.TOO_MANY_REDIRECTS, 1)}
     assert fresh_server.hits("/bytes/5000") == 1
+
+
+# -- --retry-on ------------------------------------------------------------------------------------
+def test_retry_on_parses_codes_and_ranges_and_names_itself_when_wrong() -> None:
+    """'429,500-599' is 429 and every 5xx; bad values raise a ValueError naming retry-on."""
+    assert parse_statuses("429,500-599") == frozenset({429, *range(500, 600)})
+    assert parse_statuses("none") == frozenset()
+    assert FetchOptions().retry_on == DEFAULT_RETRY_STATUSES == frozenset({429, 502, 503, 504})
+    # Text is accepted too (what a caller of fetch(..., retry_on="500") gives), and stored parsed.
+    assert FetchOptions(retry_on="500").retry_on == frozenset({500})  # type: ignore[arg-type]
+    for bad in ("42", "600", "503-500", "abc", "429,,500"):
+        with pytest.raises(ValueError, match="retry-on"):
+            FetchOptions(retry_on=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry-on"):
+        FetchOptions(retry_on=frozenset({700}))
+
+
+async def test_retry_on_chooses_the_statuses_retried(fresh_server: TestServer) -> None:
+    """With retry_on='500', a 500 is retried and a 503 is not."""
+    records = await collect(
+        [fresh_server.url("/flaky/ro500?fail=1&status=500"), fresh_server.url("/flaky/ro503?fail=1&status=503")],
+        retry_on="500",
+        max_retry_wait=0,
+    )
+    by_url = {r.url.split("/")[-1].split("?")[0]: r for r in records}
+    assert (by_url["ro500"].status, by_url["ro500"].attempts) == (200, 2)
+    assert (by_url["ro503"].status, by_url["ro503"].attempts) == (503, 1)

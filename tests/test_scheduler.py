@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 
 import asyncfetch
+from asyncfetch.errors import ErrorKind
 from asyncfetch.options import FetchOptions
 from asyncfetch.scheduler import Job, Scheduler, host_key
 from asyncfetch.spec import RequestSpec, SpecBuilder
@@ -462,3 +463,39 @@ async def test_endless_input_is_read_only_as_fast_as_requests_finish(fresh_serve
     # The engine's lookahead is max(1024, 2 x concurrency): the read-ahead is a bounded
     # constant, nowhere near "everything" (which would never end).
     assert pulled <= records + 1024 + 4 + 1, pulled
+
+
+# -- --per-host-rate, --max-host-errors -----------------------------------------------------------
+async def test_a_host_waiting_for_its_pace_slot_does_not_hold_a_worker() -> None:
+    """With per_host_rate=1, the second request to A waits about 1 s, while B and C are handed out at once."""
+    scheduler = Scheduler(capacity=100, per_host_rate=1)
+    await put_all(scheduler, [f"{A}/0", f"{A}/1", f"{B}/0"])
+    assert path_of(await got(scheduler)) == "/0"
+    second = await got(scheduler)
+    assert second.spec.target.host == "b.example"
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(waiting := asyncio.ensure_future(scheduler.get())), 0.5)
+    await scheduler.put(spec(f"{C}/0", 3))  # a new host while A waits: served at once
+    other = await within(waiting, 0.2)
+    assert other is not None
+    assert other.spec.target.host == "c.example"
+    began = time.monotonic()
+    last = await got_within(scheduler, 2.0)
+    assert (last.spec.target.host, path_of(last)) == ("a.example", "/1")
+    assert time.monotonic() - began > 0.2  # it waited for its slot (1 s after A/0)
+
+
+async def test_a_host_given_up_hands_out_its_queue_at_once_past_its_limits() -> None:
+    """After max_host_errors failures in a row, the host's waiting requests come out at once, marked down,
+    in spite of per_host=1 and its pace."""
+    scheduler = Scheduler(capacity=100, per_host=1, per_host_rate=0.1, max_host_errors=2)
+    await put_all(scheduler, [f"{A}/{i}" for i in range(4)])
+    first = await got(scheduler)
+    scheduler.report(first, status=None, kind=ErrorKind.CONNECT, message="refused")
+    scheduler.retry(first, 30.0)  # a long backoff: released at once when the host is given up
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(scheduler.get(), 0.2)  # paced: nothing before 10 s
+    assert first.down is None
+    scheduler.report(first, status=None, kind=ErrorKind.TIMEOUT, message="slow")
+    jobs = [await got(scheduler) for _ in range(4)]
+    assert all(job.down is not None and "max-host-errors 2" in job.down for job in jobs)

@@ -1,0 +1,253 @@
+"""--state: conditional re-fetch between runs, ``changed``, and a store that survives kills and refuses sharing.
+
+Every exchange is with the local server (tests/server.py ``/cond``), which records the headers
+it received and answers 304 only when the request's validators match its current body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import asyncfetch
+from asyncfetch.state import StateError, StateStore, Stored
+from tests.conftest import collect
+from tests.server import TestServer
+
+pytestmark = pytest.mark.anyio
+
+
+def sent(server: TestServer, prefix: str) -> list[dict[str, str]]:
+    """The headers of every request the server got whose path starts with ``prefix``, in order."""
+    return [seen.headers for seen in server.stats.requests if seen.path.startswith(prefix)]
+
+
+async def run(urls: list[str], state: Path, **options: Any) -> dict[str, dict[str, Any]]:
+    """One run with ``--state``: each URL's record as a dict."""
+    return {r.url: r.to_dict() for r in await collect(urls, state=state, **options)}
+
+
+async def test_a_second_run_sends_the_etag_and_a_304_is_unchanged(fresh_server: TestServer, tmp_path: Path) -> None:
+    """The first run stores the ETag; the second sends If-None-Match, gets 304: ok, changed false."""
+    url = fresh_server.url("/cond/a?validators=etag")
+    state = tmp_path / "state.db"
+    first = (await run([url], state))[url]
+    assert first["status"] == 200
+    assert first["changed"] is True  # first sight
+    assert first["etag"].startswith('"')
+    assert "last_modified" not in first  # the response had none
+    second = (await run([url], state))[url]
+    assert sent(fresh_server, "/cond/a")[1]["if-none-match"] == first["etag"]
+    assert second["status"] == 304
+    assert second["ok"] is True
+    assert second["error"] is None
+    assert second["changed"] is False
+
+
+async def test_last_modified_alone_is_sent_back_as_if_modified_since(fresh_server: TestServer, tmp_path: Path) -> None:
+    """A resource with only Last-Modified is asked with If-Modified-Since, and its 304 is unchanged."""
+    url = fresh_server.url("/cond/b?validators=lm")
+    state = tmp_path / "state.db"
+    first = (await run([url], state))[url]
+    assert "etag" not in first
+    second = (await run([url], state))[url]
+    headers = sent(fresh_server, "/cond/b")[1]
+    assert headers["if-modified-since"] == first["last_modified"]
+    assert "if-none-match" not in headers
+    assert (second["status"], second["changed"]) == (304, False)
+
+
+async def test_a_changed_resource_is_a_200_with_changed_true(fresh_server: TestServer, tmp_path: Path) -> None:
+    """When the body changes its validators no longer match: 200, changed true, the new validators stored."""
+    url = fresh_server.url("/cond/c")
+    state = tmp_path / "state.db"
+    await run([url], state)
+    fresh_server.documents["c"] = b"v2"
+    changed = (await run([url], state))[url]
+    assert (changed["status"], changed["changed"]) == (200, True)
+    again = (await run([url], state))[url]
+    assert (again["status"], again["changed"]) == (304, False)
+    assert sent(fresh_server, "/cond/c")[2]["if-none-match"] == changed["etag"]
+
+
+async def test_a_200_with_the_stored_body_is_unchanged(fresh_server: TestServer, tmp_path: Path) -> None:
+    """Without validators the server answers 200 every time: the same SHA-256 is changed false, another is true."""
+    url = fresh_server.url("/cond/d?validators=none")
+    state = tmp_path / "state.db"
+    assert (await run([url], state))[url]["changed"] is True
+    same = (await run([url], state))[url]
+    assert (same["status"], same["changed"]) == (200, False)
+    assert "if-none-match" not in sent(fresh_server, "/cond/d")[1]
+    fresh_server.documents["d"] = b"other"
+    assert (await run([url], state))[url]["changed"] is True
+
+
+async def test_the_users_own_conditional_header_wins(fresh_server: TestServer, tmp_path: Path) -> None:
+    """A -H If-None-Match of the user's is sent as given, not replaced by the stored ETag."""
+    url = fresh_server.url("/cond/e")
+    state = tmp_path / "state.db"
+    await run([url], state)
+    await run([url], state, headers=(("If-None-Match", '"mine"'),))
+    assert sent(fresh_server, "/cond/e")[1]["if-none-match"] == '"mine"'
+
+
+async def test_records_carry_no_state_fields_without_state(fresh_server: TestServer) -> None:
+    """Without --state the record is the README's: no changed, etag or last_modified, no conditional header."""
+    [record] = await collect([fresh_server.url("/cond/f")])
+    assert {"changed", "etag", "last_modified"}.isdisjoint(record.to_dict())
+    assert "if-none-match" not in sent(fresh_server, "/cond/f")[0]
+
+
+async def test_a_failure_keeps_the_last_good_validators(fresh_server: TestServer, tmp_path: Path) -> None:
+    """A 503 stores nothing (and an error record has no changed): the next run still asks with the last good ETag."""
+    state = tmp_path / "state.db"
+    url = fresh_server.url("/cond/g")
+    first = (await run([url], state))[url]
+    fresh_server.closed_gates.add("g")
+    failed = (await run([url], state, retries=0))[url]
+    assert (failed["status"], failed["changed"]) == (503, True)
+    refused = await collect(["http://127.0.0.1:9/never"], state=state, retries=0)
+    assert "changed" not in refused[0].to_dict()
+    fresh_server.closed_gates.clear()
+    again = (await run([url], state))[url]
+    assert sent(fresh_server, "/cond/g")[2]["if-none-match"] == first["etag"]
+    assert (again["status"], again["changed"]) == (304, False)
+
+
+async def test_a_redirect_is_stored_under_the_requested_url(fresh_server: TestServer, tmp_path: Path) -> None:
+    """Validators of the final response are kept for the URL as requested: the next run's first hop asks with them."""
+    state = tmp_path / "state.db"
+    target = "/cond/h"
+    url = fresh_server.url(f"/redirect-to?url={target}")
+    first = (await run([url], state))[url]
+    assert first["final_url"] == fresh_server.url(target)
+    second = (await run([url], state))[url]
+    redirect_hops = sent(fresh_server, "/redirect-to")
+    assert redirect_hops[1]["if-none-match"] == first["etag"]
+    assert (second["status"], second["changed"]) == (304, False)
+
+
+async def test_with_save_an_unchanged_body_is_not_written_again(fresh_server: TestServer, tmp_path: Path) -> None:
+    """--save with --state: a 304 or a same-digest 200 writes no second file and names the first one."""
+    state, saved = tmp_path / "state.db", tmp_path / "saved"
+    with_etag, without = fresh_server.url("/cond/s1"), fresh_server.url("/cond/s2?validators=none")
+    first = await run([with_etag, without], state, save_dir=saved)
+    files_after_first = sorted(p for p in saved.rglob("*") if p.is_file())
+    assert len(files_after_first) == 2
+    second = await run([with_etag, without], state, save_dir=saved)
+    assert sorted(p for p in saved.rglob("*") if p.is_file()) == files_after_first
+    for url in (with_etag, without):
+        assert second[url]["changed"] is False
+        assert second[url]["saved_to"] == first[url]["saved_to"]
+    fresh_server.documents["s1"] = b"new body"
+    third = await run([with_etag], state, save_dir=saved)
+    assert third[with_etag]["changed"] is True
+    assert third[with_etag]["saved_to"] != first[with_etag]["saved_to"]
+    assert Path(third[with_etag]["saved_to"]).read_bytes() == b"new body"
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    """A text file, or an SQLite database of something else, is refused before anything is fetched."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 100)
+    with pytest.raises(StateError, match="not an asyncfetch state file"):
+        asyncfetch.fetch(["http://127.0.0.1:9/"], state=text)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(StateError, match="not an asyncfetch state file"):
+        asyncfetch.fetch(["http://127.0.0.1:9/"], state=other)
+    assert text.read_text() == "not a database\n" * 100  # left as it was
+
+
+async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    """While one store holds the file, opening it again fails with a message saying it is in use."""
+    state = tmp_path / "state.db"
+    first = StateStore(state)
+    try:
+        with pytest.raises(StateError, match="in use by another asyncfetch run"):
+            StateStore(state)
+    finally:
+        first.close_unstarted()
+    StateStore(state).close_unstarted()  # free again once closed
+
+
+async def test_the_store_answers_what_it_was_told(tmp_path: Path) -> None:
+    """remember() then a new store's lookup() gives the same fields back; an unknown URL gives None."""
+    state = tmp_path / "state.db"
+    store = StateStore(state)
+    store.start()
+    stored = Stored('"x"', "Tue, 01 Dec 2026 00:00:00 GMT", "ab" * 32, 200, 1_700_000_000.5, "d/x.html")
+    store.remember("https://example.com/x", stored)
+    await store.aclose()
+    store = StateStore(state)
+    store.start()
+    try:
+        assert await store.lookup("https://example.com/x") == stored
+        assert await store.lookup("https://example.com/y") is None
+    finally:
+        await store.aclose()
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    import asyncfetch
+
+    async def main():
+        urls = [f"{sys.argv[1]}/cond/k{i}?n={i}" for i in range(10_000)]
+        async for record in asyncfetch.fetch(urls, state=Path(sys.argv[2]), concurrency=4):
+            print(record.url, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_state_survives_kill_9_mid_run(fresh_server: TestServer, tmp_path: Path) -> None:
+    """A run killed with SIGKILL mid-way leaves a consistent file with (nearly) every record written, no lock."""
+    state = tmp_path / "state.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, fresh_server.base, str(state)], stdout=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None
+        printed = [child.stdout.readline() for _ in range(300)]
+        assert all(printed), "the child ended early"
+        time.sleep(0.2)  # a few more batches: records printed by now are committed
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    with sqlite3.connect(state) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = db.execute("SELECT count(*) FROM validators").fetchone()[0]
+    assert 300 <= rows < 10_000
+    # The lock died with the process: the next run may use the file, and finds what was kept.
+    urls = [f"{fresh_server.base}/cond/k{i}?n={i}" for i in range(300)]
+    records = asyncio.run(collect(urls, state=state))
+    assert all(r.status == 304 and r.changed is False for r in records)
+
+
+def test_two_runs_at_once_on_one_state_file_are_refused(fresh_server: TestServer, tmp_path: Path) -> None:
+    """While one process runs with --state FILE, a second process with the same FILE fails at once, saying why."""
+    state = tmp_path / "state.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD, fresh_server.base, str(state)], stdout=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline()  # running, and holding the lock
+        second = subprocess.run(
+            [sys.executable, "-c", _CHILD, fresh_server.base, str(state)], capture_output=True, timeout=60, check=False
+        )
+        assert second.returncode != 0
+        assert b"in use by another asyncfetch run" in second.stderr
+        assert second.stdout == b""
+        child.kill()
