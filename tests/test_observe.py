@@ -243,6 +243,9 @@ def test_record_fields_lists_every_key_a_record_can_have_in_order() -> None:
         saved_to="f",
         timings=Timings(),
         tls=None,
+        changed=True,
+        etag='"e"',
+        last_modified="Tue, 01 Dec 2026 00:00:00 GMT",
     )
     assert tuple(_json(record)) == RECORD_FIELDS
 
