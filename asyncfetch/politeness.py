@@ -7,12 +7,13 @@ machines with no clock or loop of their own (the scheduler passes the time in).
 
 - A *congestion signal* is an answer 429 or 503, an attempt that timed out, or an answer
   markedly slower than the host's usual (more than 4 times its smoothed latency, and over
-  0.2 s; bodies over 1 MiB are not judged, their time is transfer time). On a signal the
+  1 s; bodies over 1 MiB are not judged, their time is transfer time). On a signal the
   host's window (requests in flight at once, starting at ``--per-host``, or ``-c`` without
   it) halves, down to 1; a signal while the window is already 1 doubles the spacing between
   the host's starts instead (0.25 s at first, at most 10 s, never below ``1/--per-host-rate``).
-  Only requests started after the last back-off count: the answers of a burst already in
-  flight when the host first struggled back off once, not once each.
+  Only requests started after the last back-off count, for backing off and for recovering:
+  a burst already in flight when the host first struggled backs off once, not once each, and
+  its late healthy answers do not undo the back-off.
 - A *healthy answer* (a status below 500, not 429, not slow) shrinks the extra spacing by
   a quarter (dropped once under 10 ms); when there is none left, the window grows by 1/window,
   that is by one request per window of healthy answers, up to its ceiling.
@@ -35,7 +36,7 @@ _DELAY_FLOOR = 0.01
 _DELAY_DECAY = 0.75
 # "Markedly slower": this many times the smoothed latency, and at least this long.
 SLOW_FACTOR = 4.0
-SLOW_FLOOR = 0.2
+SLOW_FLOOR = 1.0
 # Bodies larger than this take the time their size takes: their latency says nothing.
 _JUDGED_SIZE = 1024 * 1024
 # Answers seen before the smoothed latency is trusted, and the weight of each new one.
@@ -82,10 +83,11 @@ class Adaptive:
         slow = False
         if status is not None and kind is None and size <= _JUDGED_SIZE:
             slow = self._slow(elapsed)
+        if started < self.backed_off_at:
+            # Sent under the old pace: the back-off since already answered it, whatever it says.
+            return False
         congested = status in _CONGESTED_STATUSES or kind is ErrorKind.TIMEOUT or slow
         if congested:
-            if started < self.backed_off_at:
-                return False  # sent under the old pace: this back-off already answered it
             self.backed_off_at = now
             if self.window > 1:
                 self.window = max(1.0, self.window / 2)

@@ -195,6 +195,11 @@ class Scheduler:
                 now = self._clock()
                 if host.paused_until > now:
                     continue  # paused after it was queued; its timer queues it again
+                limit = self._limit_of(host)
+                if (limit and host.active >= limit) or host.slot_at > now:
+                    # Its window shrank or its pace slowed (--adaptive) after it was queued.
+                    self._make_ready(host)
+                    continue
                 job = host.pending.popleft()
                 host.active += 1
                 interval = self._interval_of(host)
@@ -279,10 +284,6 @@ class Scheduler:
             else:
                 self._learnt[host.key] = adaptive
             self._make_ready(host)
-
-    def host_state(self, job: Job) -> tuple[int, float]:
-        """``(limit, interval)`` of the job's host now: requests in flight allowed (0: any), seconds between starts."""
-        return self._limit_of(job.host), self._interval_of(job.host)
 
     # -- internals -----------------------------------------------------------------------------
     def _release(self, job: Job) -> None:
