@@ -14,23 +14,29 @@ import os
 import socket
 import ssl
 import urllib.request
+from collections.abc import Callable
 
 import httpx
 
+from asyncfetch.http import Origin
 from asyncfetch.options import FetchOptions, environment_proxies, proxy_label
-from asyncfetch.transport import ConnectionPool, tls_context
+from asyncfetch.transport import ConnectionPool, connection_budget, tls_context
 
 
 class Client(httpx.AsyncBaseTransport):
     """Routes requests between our pool and httpx transports for proxies."""
 
-    def __init__(self, options: FetchOptions) -> None:
+    def __init__(self, options: FetchOptions, *, demand: Callable[[Origin], int] | None = None) -> None:
         self._options = options
+        # Connections are bounded by the open-file limit, not by -c: a list of many hosts
+        # needs a kept connection per host that has requests coming, far more than run at once.
+        # ``demand`` (the scheduler's queue per host) tells the pool which ones those are.
         self._pool = ConnectionPool(
             connect_timeout=options.effective_connect_timeout,
             verify=not options.insecure,
-            max_connections=max(options.concurrency, 16),
+            max_connections=max(options.concurrency, connection_budget()),
             http2=options.http2,
+            demand=demand,
         )
         # Read and checked once, when the run is made (ValueError from fetch() for a bad one).
         self._environment_proxies = {} if options.proxy else environment_proxies()

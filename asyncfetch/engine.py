@@ -34,6 +34,7 @@ from asyncfetch.save import BodySaver
 from asyncfetch.scheduler import Scheduler
 from asyncfetch.source import request_line
 from asyncfetch.spec import InvalidRequest, RequestShape, RequestSpec, ShapedLine, SpecBuilder, TableRow
+from asyncfetch.transport import ConnectionPool
 from asyncfetch.worker import Worker
 
 if TYPE_CHECKING:
@@ -105,6 +106,18 @@ class FetchRun:
         """Attempts begun so far, those still running (or abandoned by ``stop``) included."""
         return self._engine.attempts_started
 
+    @property
+    def connections_opened(self) -> int:
+        """Connections the built-in HTTP/1.1 pool has opened so far (0 with a transport of your own)."""
+        pool = self._engine.pool
+        return pool.connections_opened if pool is not None else 0
+
+    @property
+    def connections_reused(self) -> int:
+        """Requests the built-in pool sent on a kept-alive connection instead of a new one."""
+        pool = self._engine.pool
+        return pool.connections_reused if pool is not None else 0
+
     def __aiter__(self) -> AsyncGenerator[Record, None]:
         if self._records is not None:
             raise RuntimeError("a fetch can be iterated only once")
@@ -160,13 +173,8 @@ class _Engine:
         self._options = options
         self._builder = SpecBuilder(options)
         self._shaped_builders: dict[RequestShape, SpecBuilder] = {}
-        self._own_transport = transport is None
-        self._transport: httpx.AsyncBaseTransport = transport if transport is not None else Client(options)
-        self._saver = BodySaver(options.save_dir) if options.save_dir is not None else None
-        self._worker = Worker(options, self._transport, self._saver)
-        self._skip = skip
-        self._seen = SeenSet() if options.dedupe else None
         capacity = options.lookahead or min(max(1024, 2 * options.concurrency), 200_000)
+        # Before the client: its pool asks the scheduler what is queued per host.
         self._scheduler = Scheduler(
             capacity=capacity,
             per_host=options.per_host,
@@ -176,6 +184,14 @@ class _Engine:
             concurrency=options.concurrency,
             max_host_errors=options.max_host_errors,
         )
+        self._own_transport = transport is None
+        self._transport: httpx.AsyncBaseTransport = (
+            transport if transport is not None else Client(options, demand=self._scheduler.queued)
+        )
+        self._saver = BodySaver(options.save_dir) if options.save_dir is not None else None
+        self._worker = Worker(options, self._transport, self._saver)
+        self._skip = skip
+        self._seen = SeenSet() if options.dedupe else None
         # --state: opened (and locked) now, so a file in use or not ours is refused before any fetch.
         self._state: StateStore | None = None
         if options.state is not None:
@@ -195,6 +211,14 @@ class _Engine:
         self.requests_read = 0
         self.skipped = 0
         self.attempts_started = 0
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The HTTP/1.1 pool requests go through, when it is ours or one given as the transport."""
+        transport = self._transport
+        if isinstance(transport, Client):
+            return transport.pool
+        return transport if isinstance(transport, ConnectionPool) else None
 
     # -- the consumer's side ---------------------------------------------------------------------
     async def wait_for_output(self) -> None:

@@ -140,6 +140,15 @@ class Scheduler:
         """Requests taken in and not yet finished (waiting, running, or backing off)."""
         return self._held
 
+    def queued(self, key: Origin) -> int:
+        """Requests for the host ``key`` waiting to start (queued, or backing off before a retry).
+
+        Read-only, for the connection pool: an idle connection to a host with requests
+        coming is worth keeping, one to a host with none is the first to close.
+        """
+        host = self._hosts.get(key)
+        return 0 if host is None else len(host.pending) + host.deferred
+
     # -- the producer's side -------------------------------------------------------------------
     async def put(self, spec: RequestSpec, stored: object = None) -> None:
         """Queue a request; waits while the scheduler is full.

@@ -139,6 +139,9 @@ class RunStats:
     errors: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     bytes_received: int = 0
+    # From the connection pool, once the run ends (records do not carry them).
+    connections_opened: int = 0
+    connections_reused: int = 0
     _latency: Counter[int] = field(default_factory=Counter)
     # Per-host figures, only when a summary will show them (None: not kept).
     hosts: HostTable | None = None

@@ -1,6 +1,7 @@
 """A small HTTP/1.1 server in pure asyncio: the benchmarks' fallback where nginx is missing.
 
     python benchmarks/pyserver.py --port 8097
+    python benchmarks/pyserver.py --port 8443 --hosts 200 --cert leaf.pem --key leaf.key   # many HTTPS hosts
 
 Same endpoints as benchmarks/nginx.conf: /ok, /sleep/MS, /bytes/1k, /bytes/100k, /bytes/1m and
 /server_status (nginx stub_status format), plus /cond/SIZE (ok, 1k, 100k, 1m: that body with an
@@ -165,29 +166,52 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, *, hosts: int = 1, cert: str | None = None, key: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     counters = Counters()
-    server = await loop.create_server(lambda: Connection(counters), host, port, backlog=4096, reuse_address=True)
+    context = None
+    if cert is not None:
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+    # --hosts N: also 127.0.0.2 ... 127.0.0.N on the same port (Linux: all of 127/8 is loopback).
+    addresses = [host] if hosts <= 1 else [f"127.0.0.{n}" for n in range(1, hosts + 1)]
+    servers = [
+        await loop.create_server(
+            lambda: Connection(counters), address, port, backlog=4096, reuse_address=True, ssl=context
+        )
+        for address in addresses
+    ]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"pyserver: listening on http://{host}:{port}", flush=True)
-    async with server:
-        await stop.wait()
+    scheme = "https" if context is not None else "http"
+    print(
+        f"pyserver: listening on {scheme}://{addresses[0]}:{port}"
+        + (f" and {len(addresses) - 1} more" if hosts > 1 else ""),
+        flush=True,
+    )
+    await stop.wait()
+    for server in servers:
+        server.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--hosts", type=int, default=1, help="listen on 127.0.0.1 ... 127.0.0.N (many hosts)")
+    parser.add_argument("--cert", help="serve HTTPS with this certificate chain (PEM)")
+    parser.add_argument("--key", help="the certificate's private key (PEM)")
     args = parser.parse_args()
+    server = serve(args.host, args.port, hosts=args.hosts, cert=args.cert, key=args.key)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(server)
     else:
-        uvloop.run(serve(args.host, args.port))
+        uvloop.run(server)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in bra
     /gate/KEY [ms]              503 while KEY is in ``server.closed_gates``, else 200 after ms milliseconds
 
 Every request is recorded: path, method, headers, start time (``time.monotonic()``), and the
-highest number in flight at once (``max_in_flight``).
+highest number in flight at once (``max_in_flight``); connections are counted per local
+address (``connections_to``), and the most open at once (``max_open``).
+
+``TestServer(aliases=n)`` also listens on 127.0.0.2 ... 127.0.0.(n+1), same port: n + 1
+distinct hosts (origins) served by one server (all of 127.0.0.0/8 is loopback on Linux).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     connections: int = 0
+    open: int = 0
+    max_open: int = 0
+    by_address: Counter[str] = field(default_factory=Counter)
     counters: Counter[str] = field(default_factory=Counter)
 
     def paths(self) -> list[str]:
@@ -88,8 +95,10 @@ class TestServer:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self, *, ssl_context: object = None) -> None:
+    def __init__(self, *, ssl_context: object = None, aliases: int = 0) -> None:
         self._ssl = ssl_context
+        self._aliases = aliases
+        self._alias_servers: list[asyncio.Server] = []
         self._lock = threading.Lock()
         self.stats = Stats()
         self.documents: dict[str, bytes] = {}  # /cond/KEY bodies; change one to change the resource
@@ -111,6 +120,8 @@ class TestServer:
         async def close() -> None:
             assert self._server is not None
             self._server.close()
+            for alias in self._alias_servers:
+                alias.close()
             handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
             for task in handlers:
                 task.cancel()
@@ -130,6 +141,12 @@ class TestServer:
                 self._connection, "127.0.0.1", 0, ssl=self._ssl, backlog=4096, limit=1 << 20
             )
             self.port = self._server.sockets[0].getsockname()[1]
+            for number in range(2, self._aliases + 2):
+                self._alias_servers.append(
+                    await asyncio.start_server(
+                        self._connection, f"127.0.0.{number}", self.port, ssl=self._ssl, backlog=4096, limit=1 << 20
+                    )
+                )
 
         self._loop.run_until_complete(start())
         self._ready.set()
@@ -143,6 +160,16 @@ class TestServer:
     def url(self, path: str) -> str:
         return self.base + path
 
+    def hosts(self) -> list[str]:
+        """The base URL of each host this server answers as: 127.0.0.1, then its aliases."""
+        scheme = "https" if self._ssl is not None else "http"
+        return [f"{scheme}://127.0.0.{number}:{self.port}" for number in range(1, self._aliases + 2)]
+
+    def connections_to(self, address: str) -> int:
+        """Connections accepted on one of the server's addresses."""
+        with self._lock:
+            return self.stats.by_address[address]
+
     def reset_stats(self) -> None:
         with self._lock:
             self.stats = Stats()
@@ -153,8 +180,12 @@ class TestServer:
 
     # -- serving ---------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        local = writer.get_extra_info("sockname")[0]
         with self._lock:
             self.stats.connections += 1
+            self.stats.by_address[local] += 1
+            self.stats.open += 1
+            self.stats.max_open = max(self.stats.max_open, self.stats.open)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -184,6 +215,8 @@ class TestServer:
             writer.transport.abort()
             raise
         finally:
+            with self._lock:
+                self.stats.open -= 1
             if not writer.transport.is_closing():
                 writer.close()
 

@@ -66,6 +66,15 @@ def test_summary_goes_to_stderr_not_stdout(server: TestServer) -> None:
     assert b"requests in" not in result.stdout
 
 
+def test_summary_counts_connections_opened_and_reused(fresh_server: TestServer) -> None:
+    """--summary says how many connections were opened and how many requests reused one."""
+    urls = "".join(fresh_server.url(f"/ok?i={i}") + "\n" for i in range(3))
+    result = run_cli("--summary", "-c", "1", input=urls)
+    assert result.returncode == 0, result.stderr
+    assert b"1 connection opened, 2 requests on a reused one" in result.stderr
+    assert fresh_server.stats.connections == 1
+
+
 # -- exit statuses ------------------------------------------------------------------------------
 
 

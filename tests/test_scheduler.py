@@ -86,6 +86,24 @@ def test_a_host_is_its_scheme_lower_case_name_and_port() -> None:
     assert host_key(spec("https://example.com/")) != host_key(spec("http://example.com/"))
 
 
+# -- what the connection pool may read ------------------------------------------------------------
+async def test_queued_counts_a_hosts_requests_waiting_or_backing_off() -> None:
+    """queued(host) is its requests not yet started plus retries waiting out a backoff; running ones do not count."""
+    scheduler = Scheduler(capacity=100, clock=FakeClock())
+    await put_all(scheduler, [f"{A}/0", f"{A}/1", f"{A}/2", f"{B}/0"])
+    a, b = host_key(spec(A)), host_key(spec(B))
+    assert (scheduler.queued(a), scheduler.queued(b), scheduler.queued(host_key(spec(C)))) == (3, 1, 0)
+    first = await got(scheduler)
+    assert first.spec.target.host == "a.example"
+    assert scheduler.queued(a) == 2
+    scheduler.retry(first, 30.0)
+    assert scheduler.queued(a) == 3
+    second = await got(scheduler)  # b's
+    scheduler.finish(second)
+    assert scheduler.queued(b) == 0
+    scheduler.stop()
+
+
 # -- round-robin and per-host limits ---------------------------------------------------------------
 async def test_workers_take_requests_round_robin_over_ready_hosts() -> None:
     """With several hosts waiting, successive starts cycle through the hosts instead of draining one first."""

@@ -116,7 +116,7 @@ def outcome_line(stats: RunStats) -> str:
 
 
 def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) -> str:
-    """The closing summary: totals, outcomes, errors by kind, attempts, time, rate, latency, bytes.
+    """The closing summary: totals, outcomes, errors by kind, attempts, time, rate, latency, bytes, connections.
 
     An interrupted run also says what was left undone and how to finish it.
     """
@@ -136,6 +136,11 @@ def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) 
         f"  {attempts:,} attempts, {_bytes(stats.bytes_received)} received"
         + (f", latency {latency}" if latency else ""),
     ]
+    if stats.connections_opened or stats.connections_reused:
+        lines.append(
+            f"  {stats.connections_opened:,} connection{'s' if stats.connections_opened != 1 else ''} opened, "
+            f"{stats.connections_reused:,} request{'s' if stats.connections_reused != 1 else ''} on a reused one"
+        )
     if interrupted is not None:
         lines.append("  " + _undone(interrupted))
         if interrupted.resume is not None:

@@ -7,6 +7,7 @@ input reader → :func:`asyncfetch.fetch` → JSON lines, with the progress bar 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import resource
@@ -27,6 +28,7 @@ from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, LineReader, estimate_total
 from asyncfetch.stats import RunStats
+from asyncfetch.transport import MAX_IDLE
 
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
 _FD_RESERVE = 64
@@ -180,6 +182,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
             stop_display()
     if writer.error is not None:
         raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
+    stats.connections_opened, stats.connections_reused = run.connections_opened, run.connections_reused
     if plan.summary:
         from asyncfetch.cli.display import Interruption, format_summary
 
@@ -262,6 +265,12 @@ def claim_open_files(concurrency: int, *, warnings: bool = True) -> int:
         except (ValueError, OSError):
             pass
     available = soft if soft != resource.RLIM_INFINITY else wanted
+    # Room beyond -c lets the pool keep idle connections to hosts with requests still to come
+    # (transport.MAX_IDLE of them at most): asked for, never required.
+    roomy = wanted + MAX_IDLE if hard == resource.RLIM_INFINITY else min(wanted + MAX_IDLE, hard)
+    if soft != resource.RLIM_INFINITY and soft < roomy:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (roomy, hard))
     if available >= wanted:
         return concurrency
     carried = max(1, available - _FD_RESERVE)
