@@ -24,7 +24,7 @@ import trustme
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from tests.conftest import collect
+from tests.conftest import collect, records_of, run_cli
 from tests.h2server import H2FaultServer
 from tests.server import TestServer
 
@@ -214,6 +214,16 @@ async def test_timings_remote_and_tls_facts_are_recorded(either: tuple[str, str]
     assert None not in (timings["connect"], timings["tls"], timings["ttfb"])
     assert fields["tls"]["version"].startswith("TLS")
     assert fields["tls"]["alpn"] == ("h2" if version == "HTTP/2" else None)
+
+
+def test_the_cli_flag_asks_for_http2(hypercorn_h2: str, ca_file: Path) -> None:
+    """asyncfetch --http2 URL: the record says HTTP/2; without the flag, HTTP/1.1."""
+    env = {"SSL_CERT_FILE": str(ca_file)}
+    with_flag = run_cli("-q", "--http2", hypercorn_h2 + "/version", env=env)
+    without = run_cli("-q", hypercorn_h2 + "/version", env=env)
+    assert with_flag.returncode == 0, with_flag.stderr
+    assert [r["http_version"] for r in records_of(with_flag.stdout)] == ["HTTP/2"]
+    assert [r["http_version"] for r in records_of(without.stdout)] == ["HTTP/1.1"]
 
 
 # -- HTTP/2 itself -----------------------------------------------------------------------------
