@@ -28,12 +28,13 @@ import asyncio
 import functools
 import ipaddress
 import itertools
+import select
 import socket
 import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
 import httpx
@@ -58,6 +59,18 @@ _TLS_READ = 64 * 1024
 _TLS_FEED = 16 * 1024 + 512
 # Eviction looks at this many of the oldest idle connections for one nothing queued needs.
 _EVICTION_SCAN = 64
+
+# What a server may send before the final response's body starts: status lines, headers and any
+# interim (1xx) responses, in bytes and in counts. Past a bound the response is a protocol error,
+# so a server that sends headers forever costs this much memory and no more. 256 KiB is the
+# bound browsers put on response heads (Chromium's), far beyond what real sites send.
+MAX_HEAD_BYTES = 256 * 1024
+MAX_HEADERS = 1000
+MAX_INTERIM_RESPONSES = 100
+
+
+class _ResponseRefused(Exception):
+    """Raised inside a parser callback to stop parsing once the response is known to be unusable."""
 
 # Request extension: a PhaseTimer the pool fills in (``--timings``); absent, nothing is timed.
 TIMER = "asyncfetch.timer"
@@ -246,6 +259,8 @@ class _Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
+        self._head_bytes = 0
+        self._interim = 0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -269,10 +284,28 @@ class _Connection(asyncio.Protocol):
             self.got_bytes = True
             if self._timer is not None:
                 self._timer.first_byte = time.perf_counter()
+        rest = b""
+        if not self.headers_done:
+            # Only MAX_HEAD_BYTES of head are parsed: the parser itself would buffer any amount.
+            room = MAX_HEAD_BYTES - self._head_bytes
+            if len(data) > room:
+                data, rest = data[:room], data[room:]
+            self._head_bytes += len(data)
         try:
             parser.feed_data(data)
+            if rest and self.error is None:
+                if not self.headers_done:
+                    raise _ResponseRefused(f"response head larger than {MAX_HEAD_BYTES} bytes")
+                parser.feed_data(rest)
+        except _ResponseRefused as exc:
+            self._fail(httpx.RemoteProtocolError(str(exc)))
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            if self.error is not None:
+                return  # a callback refused the response and said why
+            if self.complete:
+                self.close()  # junk after a complete response: the response stands, the stream does not
+            else:
+                self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
 
     def eof_received(self) -> bool:
         return False  # close our side too; connection_lost follows
@@ -382,7 +415,16 @@ class _Connection(asyncio.Protocol):
         self._flush_tls()
 
     # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.headers_done:
+            # Bytes after the end of the response (a body longer than its Content-Length, a
+            # second response): the stream is out of step with our requests, never reuse it.
+            self.close()
+            raise _ResponseRefused("bytes after the end of the response")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADERS:
+            self._refuse(f"more than {MAX_HEADERS} response headers")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -391,11 +433,20 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False  # a second response nobody asked for: do not reuse
             return
         status = parser.get_status_code()
+        version = parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            self._refuse(f"HTTP/{version} status line on an HTTP/1.1 connection")
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: a status code outside 100..599 is invalid (the parser takes 000..999).
+            self._refuse(f"invalid status code {status}")
         if 100 <= status < 200 and status != 101:
+            self._interim += 1
+            if self._interim > MAX_INTERIM_RESPONSES:
+                self._refuse(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")
             self.headers = []  # an interim response (100 Continue): the real one follows
             return
         self.status = status
-        self.http_version = "HTTP/" + parser.get_http_version()
+        self.http_version = "HTTP/" + version
         self.keep_alive = parser.should_keep_alive()
         self.headers_done = True
         if self._head or status in (204, 304):
@@ -423,6 +474,11 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self._parser = None
 
+    def _refuse(self, reason: str) -> NoReturn:
+        """Fail the response as a protocol error from inside a parser callback, and stop the parser."""
+        self._fail(httpx.RemoteProtocolError(reason))
+        raise _ResponseRefused(reason)
+
     def _fail(self, error: Exception) -> None:
         self.error = error
         self._parser = None
@@ -448,6 +504,12 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             raise httpx.RemoteProtocolError("connection closed before the request was sent")
         self._reset()
+        if self.reused and _readable(self.transport):
+            # An idle HTTP/1.1 connection has nothing to say: bytes waiting on it are the tail of
+            # the last response (a body longer than its Content-Length) or the server's close.
+            # Either way it is out of step; nothing of this request was sent.
+            self.close()
+            raise httpx.RemoteProtocolError("the server sent bytes on an idle kept-alive connection")
         self._head = is_head
         self._timer = timer
         self._parser = httptools.HttpResponseParser(self)
@@ -484,6 +546,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self.keep_alive = False
         self._parser = None
         if self.transport is not None:
             self.transport.abort()  # no lingering FIN/TLS close_notify dance on a dead stream
@@ -961,6 +1024,16 @@ async def _body_of(request: httpx.Request) -> bytes:
         return request.content
     except httpx.RequestNotRead:
         return await request.aread()
+
+
+def _readable(transport: asyncio.Transport) -> bool:
+    """Whether bytes (or the server's close) wait unread in the socket under ``transport``."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _delimited_by_close(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -33,6 +33,12 @@ tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in bra
                                 honours If-None-Match / If-Modified-Since with a 304; 503 while KEY
                                 is in ``server.closed_gates``
     /gate/KEY [ms]              503 while KEY is in ``server.closed_gates``, else 200 after ms milliseconds
+    /headers-forever [size]     a status line, then headers of `size` bytes (default 100) until the client hangs up
+    /endless-header             a status line, then one header whose value never ends
+    /interim-flood              interim responses (103 Early Hints, with a header) until the client hangs up
+    /status-line [line]         the status line given (raw), then a 2-byte body "ok"
+    /overlong/N [extra, later]  Content-Length N, then N bytes and `extra` (default: a whole fake response),
+                                in the same write, or `later` seconds after (then counter overlong-extra-sent)
 
 Every request is recorded: path, method, headers, start time (``time.monotonic()``), and the
 highest number in flight at once (``max_in_flight``); connections are counted per local
@@ -354,6 +360,41 @@ class TestServer:
             else:
                 await asyncio.sleep(int(query.get("ms", "0")) / 1000)
                 send(200, b"open\n")
+        elif route == "headers-forever":
+            size = int(query.get("size", "100"))
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            number = 0
+            while True:  # until the client hangs up: a ConnectionError ends the connection
+                number += 1
+                name = f"X-{number}: "
+                writer.write((name + "h" * max(size - len(name) - 2, 1) + "\r\n").encode())
+                await writer.drain()
+        elif route == "endless-header":
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+            while True:
+                writer.write(b"v" * 4096)
+                await writer.drain()
+        elif route == "interim-flood":
+            while True:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+                await writer.drain()
+        elif route == "status-line":
+            writer.write(query["line"].encode("latin-1") + b"\r\nContent-Length: 2\r\n\r\nok")
+        elif route == "overlong":
+            size = int(arg)
+            fake = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake"
+            response = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode() + _pattern(size)
+            extra = query.get("extra", fake).encode("latin-1")
+            if "later" not in query:
+                writer.write(response + extra)  # one write: the client reads it all at once
+            else:
+                writer.write(response)
+                await writer.drain()
+                await asyncio.sleep(float(query["later"]))
+                writer.write(extra)
+                await writer.drain()
+                with self._lock:
+                    self.stats.counters["overlong-extra-sent"] += 1
         else:
             send(404, b"no such route\n")
         await writer.drain()

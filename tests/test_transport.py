@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
+from collections.abc import Callable
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from asyncfetch.errors import ErrorKind
-from asyncfetch.transport import ConnectionPool
+from asyncfetch.transport import MAX_HEAD_BYTES, MAX_HEADERS, MAX_INTERIM_RESPONSES, ConnectionPool
 from tests.conftest import collect
 from tests.server import TestServer, _pattern
 
@@ -131,3 +134,78 @@ async def test_more_requests_in_flight_than_max_connections_do_not_crash_the_poo
     async with httpx.AsyncClient(transport=ConnectionPool(max_connections=2)) as client:
         responses = await asyncio.gather(*[client.get(server.url("/sleep/100")) for _ in range(5)])
     assert [r.status_code for r in responses] == [200] * 5
+
+
+# -- limits a hostile server cannot get past ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/headers-forever?size=1000", f"response head larger than {MAX_HEAD_BYTES} bytes"),
+        ("/endless-header", f"response head larger than {MAX_HEAD_BYTES} bytes"),
+        ("/headers-forever?size=20", f"more than {MAX_HEADERS} response headers"),
+        ("/interim-flood", f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"),
+    ],
+)
+async def test_a_response_head_that_never_ends_is_protocol_at_the_bound(
+    server: TestServer, path: str, reason: str
+) -> None:
+    """Headers sent forever (many, one endless, or 1xx after 1xx) end in protocol at a bound, not at the deadline."""
+    [record] = await collect([server.url(path)], retries=0, timeout=60)
+    assert record.error is not None
+    assert (record.error.kind, record.error.message) == (ErrorKind.PROTOCOL, reason)
+    assert record.status is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["HTTP/1.1 abc OK", "HTTP/1.1 20 OK", "HTTP/1.1 999 Nope", "HTTP/1.1 099 Nope", "HTTP/2.0 200 OK", "ICY 200 OK"],
+)
+async def test_a_garbled_status_line_is_protocol(server: TestServer, line: str) -> None:
+    """A status line with no valid code (outside 100..599) or no HTTP/1.x version is a protocol error."""
+    [record] = await collect([server.url("/status-line?" + urlencode({"line": line}))], retries=0)
+    assert record.error is not None
+    assert record.error.kind is ErrorKind.PROTOCOL
+    assert record.status is None
+
+
+@pytest.mark.parametrize("extra", [None, "JUNK", "\r\nHTTP/1.1 200 OK\r\n"])
+async def test_a_body_longer_than_its_content_length_is_cut_and_its_connection_dropped(
+    fresh_server: TestServer, extra: str | None
+) -> None:
+    """Bytes past Content-Length are not body, and the connection they came on is never reused."""
+    query = "" if extra is None else "?" + urlencode({"extra": extra})
+    records = await collect([fresh_server.url(f"/overlong/10{query}"), fresh_server.url("/ok")], concurrency=1)
+    first, second = sorted(records, key=lambda r: r.index)
+    assert (first.error, first.size) == (None, 10)
+    assert first.sha256 == hashlib.sha256(_pattern(10)).hexdigest()
+    assert (second.error, second.sha256) == (None, hashlib.sha256(b"ok\n").hexdigest())
+    assert fresh_server.stats.connections == 2
+
+
+@pytest.mark.parametrize("later", [None, 0.05])
+async def test_a_fake_response_after_the_body_is_not_the_next_answer(
+    fresh_server: TestServer, later: float | None
+) -> None:
+    """A second response sent after the first (at once, or while the connection idles) never answers the next request."""
+    async with httpx.AsyncClient(transport=ConnectionPool()) as client:
+        first = await client.get(fresh_server.url("/overlong/5" + ("" if later is None else f"?later={later}")))
+        if later is not None:
+            # Waiting without running the loop: the extra bytes sit unread in the socket, as when
+            # the next request is sent before the loop has looked at the connection again.
+            _block_until(lambda: fresh_server.stats.counters["overlong-extra-sent"] == 1)
+        second = await client.get(fresh_server.url("/ok"))
+    assert first.content == _pattern(5)
+    assert second.content == b"ok\n"
+    assert fresh_server.stats.connections == 2
+
+
+
+def _block_until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Return once ``condition()`` holds, without yielding to the event loop; raise TimeoutError after ``timeout`` s."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise TimeoutError("condition not met")
+        time.sleep(0.01)
