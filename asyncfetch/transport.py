@@ -295,10 +295,9 @@ class _Connection(asyncio.Protocol):
             parser.feed_data(data)
             if rest and self.error is None:
                 if not self.headers_done:
-                    raise _ResponseRefused(f"response head larger than {MAX_HEAD_BYTES} bytes")
+                    self._fail(httpx.RemoteProtocolError(f"response head larger than {MAX_HEAD_BYTES} bytes"))
+                    return
                 parser.feed_data(rest)
-        except _ResponseRefused as exc:
-            self._fail(httpx.RemoteProtocolError(str(exc)))
         except httptools.HttpParserError as exc:
             if self.error is not None:
                 return  # a callback refused the response and said why

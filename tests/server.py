@@ -384,14 +384,14 @@ class TestServer:
             size = int(arg)
             fake = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake"
             response = f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode() + _pattern(size)
-            extra = query.get("extra", fake).encode("latin-1")
+            tail = query.get("extra", fake).encode("latin-1")
             if "later" not in query:
-                writer.write(response + extra)  # one write: the client reads it all at once
+                writer.write(response + tail)  # one write: the client reads it all at once
             else:
                 writer.write(response)
                 await writer.drain()
                 await asyncio.sleep(float(query["later"]))
-                writer.write(extra)
+                writer.write(tail)
                 await writer.drain()
                 with self._lock:
                     self.stats.counters["overlong-extra-sent"] += 1

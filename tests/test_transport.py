@@ -188,7 +188,7 @@ async def test_a_body_longer_than_its_content_length_is_cut_and_its_connection_d
 async def test_a_fake_response_after_the_body_is_not_the_next_answer(
     fresh_server: TestServer, later: float | None
 ) -> None:
-    """A second response sent after the first (at once, or while the connection idles) never answers the next request."""
+    """A response sent after the first (at once, or while the connection idles) never answers the next request."""
     async with httpx.AsyncClient(transport=ConnectionPool()) as client:
         first = await client.get(fresh_server.url("/overlong/5" + ("" if later is None else f"?later={later}")))
         if later is not None:
@@ -199,7 +199,6 @@ async def test_a_fake_response_after_the_body_is_not_the_next_answer(
     assert first.content == _pattern(5)
     assert second.content == b"ok\n"
     assert fresh_server.stats.connections == 2
-
 
 
 def _block_until(condition: Callable[[], bool], timeout: float = 10) -> None:
