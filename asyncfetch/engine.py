@@ -27,7 +27,7 @@ import httpx
 
 from asyncfetch.client import Client
 from asyncfetch.dedupe import SeenSet
-from asyncfetch.options import FetchOptions
+from asyncfetch.options import FetchOptions, options_from
 from asyncfetch.record import Record
 from asyncfetch.retry import retry_delay
 from asyncfetch.save import BodySaver
@@ -68,10 +68,11 @@ def fetch(
     ``stop``: once set, no new request starts, running ones are abandoned, and the records
     already complete are still yielded before the iteration ends.
 
-    Raises :class:`ValueError` at once for invalid options.
+    Raises :class:`ValueError` at once for an invalid option value (naming the option), and
+    :class:`TypeError` for an unknown option (naming the likely one meant).
     """
     if options is None:
-        options = FetchOptions(**option_values)
+        options = options_from(option_values)
     elif option_values:
         raise TypeError("give options either as FetchOptions or as keywords, not both")
     return FetchRun(_Engine(options, transport, skip), requests, stop)

@@ -7,18 +7,26 @@
     FetchOptions(state=Path("state.db"))            # conditional re-fetch: ask only for what changed
     FetchOptions(retry_on="429,500-599")            # the statuses retried (text or a set of ints)
 
-Every field is keyword-only; :func:`asyncfetch.fetch` takes the same names as keywords.
-Invalid values raise :class:`ValueError` with a message fit to show a user.
+Every field is keyword-only; :func:`asyncfetch.fetch` takes the same names as keywords
+(:func:`options_from` builds them, naming the right one for a misspelt keyword).
+Invalid values raise :class:`ValueError` with a message fit to show a user, naming the option:
+a value of the wrong type included (``timeout="fast"``). Sizes take the command line's text too
+(``max_size="5K"``), paths any path-like, ``headers`` a mapping or ``"Name: value"`` strings.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+import os
 import re
+import types
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from asyncfetch._version import __version__
 from asyncfetch.retry import DEFAULT_RETRY_STATUSES, status_set
@@ -152,6 +160,7 @@ class FetchOptions:
     lookahead: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, not {self.concurrency}")
         if self.per_host < 0:
@@ -164,7 +173,7 @@ class FetchOptions:
             raise ValueError(f"connect-timeout must be more than 0 seconds, not {self.connect_timeout}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")
-        if self.max_retry_wait < 0:
+        if not self.max_retry_wait >= 0:  # NaN too
             raise ValueError(f"max-retry-wait must be 0 or more seconds, not {self.max_retry_wait}")
         if self.max_redirects < 0:
             raise ValueError(f"max-redirects must be 0 or more, not {self.max_redirects}")
@@ -222,3 +231,106 @@ class FetchOptions:
         if self.connect_timeout is not None:
             return min(self.connect_timeout, self.timeout)
         return min(10.0, self.timeout)
+
+
+def options_from(values: Mapping[str, Any]) -> FetchOptions:
+    """:class:`FetchOptions` from keywords; an unknown one is a ``TypeError`` naming the near miss."""
+    known = {f.name for f in fields(FetchOptions)}
+    unknown = [name for name in values if name not in known]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, sorted(known - {"lookahead"}), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"unknown option {name!r}{hint}")
+    return FetchOptions(**values)
+
+
+# Fields given in bytes: "5K"-style text is taken as on the command line.
+_SIZE_FIELDS = frozenset({"max_size"})
+_SCALARS = (bool, int, float, str, bytes, Path)
+
+
+def _option_name(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_types(options: FetchOptions) -> None:
+    """Normalise what has one obvious meaning (``"5K"``, a str path) and refuse values of the wrong type.
+
+    Only fields of a scalar type (or such a type or None) are checked here; fields with
+    richer values check themselves in ``__post_init__``.
+    """
+    for name, hint in _hints().items():
+        value = getattr(options, name)
+        allowed, optional = hint
+        if value is None and optional:
+            continue
+        if name in _SIZE_FIELDS and isinstance(value, str):
+            try:
+                value = parse_size(value)
+            except ValueError as exc:
+                raise ValueError(f"{_option_name(name)}: {exc}") from None
+        elif name == "headers":
+            value = _headers(value)
+        elif allowed is Path and isinstance(value, str | os.PathLike):
+            value = Path(value)
+        elif allowed is bytes and isinstance(value, str):
+            value = value.encode()
+        elif allowed is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if allowed is not None and (
+            not isinstance(value, allowed) or (isinstance(value, bool) and allowed is not bool)
+        ):
+            raise ValueError(f"{_option_name(name)} must be {_DESCRIPTIONS[allowed]}, not {value!r}")
+        object.__setattr__(options, name, value)
+
+
+_DESCRIPTIONS: dict[type, str] = {
+    bool: "True or False",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bytes: "bytes or a string",
+    Path: "a path",
+    tuple: "a list of (name, value) pairs",
+}
+
+
+def _headers(value: object) -> tuple[tuple[str, str], ...]:
+    """Headers as pairs, from pairs, a mapping, or ``"Name: value"`` strings."""
+    if isinstance(value, Mapping):
+        value = list(value.items())
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise ValueError(  # noqa: TRY004  (the documented error for any invalid option value)
+            f"headers must be a mapping or a list of (name, value) pairs, not {value!r}"
+        )
+    pairs = []
+    for item in value:
+        if isinstance(item, str):
+            pairs.append(parse_header(item))
+        elif isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(part, str) for part in item):
+            pairs.append((item[0], item[1]))
+        else:
+            raise ValueError(f"headers: not a (name, value) pair of strings: {item!r}")
+    return tuple(pairs)
+
+
+_HINTS: dict[str, tuple[type | None, bool]] = {}
+
+
+def _hints() -> dict[str, tuple[type | None, bool]]:
+    """Per field: the one scalar type it takes (None: checked elsewhere), and whether None is allowed."""
+    if not _HINTS:
+        for name, annotation in get_type_hints(FetchOptions).items():
+            hint: object = annotation
+            optional = False
+            if get_origin(hint) in (Union, types.UnionType):
+                args = get_args(hint)
+                optional = type(None) in args
+                rest = [arg for arg in args if arg is not type(None)]
+                hint = rest[0] if len(rest) == 1 else None
+            scalar: type | None = hint if isinstance(hint, type) and hint in _SCALARS else None
+            if name == "headers":
+                scalar = tuple
+            _HINTS[name] = (scalar, optional)
+    return _HINTS
