@@ -72,6 +72,7 @@ MAX_INTERIM_RESPONSES = 100
 class _ResponseRefused(Exception):
     """Raised inside a parser callback to stop parsing once the response is known to be unusable."""
 
+
 # Request extension: a PhaseTimer the pool fills in (``--timings``); absent, nothing is timed.
 TIMER = "asyncfetch.timer"
 # Response extensions: the connection's peer ``(ip, port)``, and its ``ssl.SSLObject`` (or None).
