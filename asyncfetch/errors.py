@@ -13,6 +13,7 @@ Every failed request ends as a record whose ``error.kind`` is one of :class:`Err
     too_many_redirects   more hops than ``max_redirects``
     too_large            the body grew past ``max_size`` (counted after content-decoding)
     host_unreachable     not sent: its host had ``max_host_errors`` connect/timeout failures in a row
+    save                 the body could not be stored under ``save_dir`` (a full or read-only disk)
 
 Transports (ours, httpx's own, respx mocks) raise httpx exceptions; :func:`classify` is the
 single boundary that turns those, and the few builtin ones the engine sees, into a
@@ -43,6 +44,7 @@ class ErrorKind(StrEnum):
     TOO_MANY_REDIRECTS = "too_many_redirects"
     TOO_LARGE = "too_large"
     HOST_UNREACHABLE = "host_unreachable"
+    SAVE = "save"
 
 
 @dataclass(frozen=True, slots=True)

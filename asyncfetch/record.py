@@ -59,6 +59,7 @@ RECORD_FIELDS = (
     "body",
     "body_encoding",
     "saved_to",
+    "content_encoding",
     "timings",
     "tls",
     "changed",
@@ -141,6 +142,8 @@ class Record:
     body: str | None = None
     body_encoding: str | None = None
     saved_to: str | None = None
+    # Only when a coding could not be undone: the codings the recorded body is still in.
+    content_encoding: str | None = None
     timings: Timings | None = None
     tls: Any = NOT_ASKED  # with --tls: the facts of an HTTPS response, None for any other
     # --fields: the keys this record's JSON keeps (None: all of them). Shared by every record.
@@ -191,6 +194,8 @@ class Record:
                 out["body_encoding"] = self.body_encoding
         if self.saved_to is not None:
             out["saved_to"] = self.saved_to
+        if self.content_encoding is not None:
+            out["content_encoding"] = self.content_encoding
         if self.timings is not None:
             out["timings"] = self.timings.to_dict()
         if self.tls is not NOT_ASKED:

@@ -59,6 +59,7 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
+from asyncfetch.errors import ErrorKind, FetchError
 from asyncfetch.sinks import write_all
 
 # Directories under the host directory, at most; deeper URLs are folded (see the docstring).
@@ -98,15 +99,15 @@ _WINDOWS_DEVICES = frozenset(
 )
 
 
-class SaveError(Exception):
-    """A body could not be written to DIR (a full disk, a permission): the run cannot go on as asked.
+class SaveError(FetchError):
+    """A body could not be written to DIR (a full disk, a read-only one, a permission).
 
-    Not a failure of the request (its record would be a lie either way) but of the machine, like
-    a failed write of the records themselves: the run stops with this message.
+    A failure of this request's storage, not of the run: its record carries error kind ``save``
+    and the run goes on (a later body may be smaller, or bound for another directory).
     """
 
-    def __init__(self, url: httpx.URL, error: OSError) -> None:
-        super().__init__(f"cannot save the body of {url}: {error.strerror or error}")
+    def __init__(self, where: str, error: OSError) -> None:
+        super().__init__(ErrorKind.SAVE, f"cannot write body in {where}: {error.strerror or error}")
 
 
 class BodyFile:
@@ -127,6 +128,11 @@ class BodyFile:
         self._fd = -1
         self._temp: str | None = None  # the temporary name, when the file has one
         self._done = False
+
+    @property
+    def location(self) -> str:
+        """The directory this body is bound for, as DIR was given (for messages)."""
+        return os.path.join(self._saver._display, *self._key)
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the body."""
@@ -232,6 +238,17 @@ class BodySaver:
         # Bytes left for "host/dirs/file" once DIR's absolute path, a slash and the final NUL are counted.
         self._budget = path_max - len(os.fsencode(os.path.abspath(directory))) - 2
         self._unnamed = unnamed_temp and _unnamed_files_work(root, self._temp_prefix)
+        if not self._unnamed:
+            try:
+                _check_writable(root, self._temp_prefix)
+            except OSError:
+                self._finalizer()
+                raise
+
+    @property
+    def directory(self) -> str:
+        """DIR, as given."""
+        return self._display
 
     def start(self, url: httpx.URL, index: int) -> BodyFile:
         """A new body for ``url`` (``index`` is the request's; names depend on the URL alone)."""
@@ -533,6 +550,13 @@ def _unnamed_files_work(root: int, prefix: str) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _check_writable(root: int, prefix: str) -> None:
+    """Raise the OSError (read-only file system, permission) that would fail every body in DIR."""
+    probe = f"{prefix}probe"
+    os.close(os.open(probe, _TEMP_FLAGS, 0o600, dir_fd=root))
+    os.unlink(probe, dir_fd=root)
 
 
 def _close_all(cache: OrderedDict[tuple[str, ...], _Directory], root: _Directory | None = None) -> None:

@@ -54,6 +54,7 @@ class _Progress:
     body: str | None = None
     body_encoding: str | None = None
     saved_to: str | None = None
+    content_encoding: str | None = None
     retry_after: float | None = None
     remote: tuple[str, int] | None = None
     ssl_object: Any = None
@@ -130,6 +131,7 @@ class Worker:
             body=progress.body,
             body_encoding=progress.body_encoding,
             saved_to=progress.saved_to,
+            content_encoding=progress.content_encoding,
             timings=_timings(progress.timer, elapsed_ms) if options.timings else None,
             tls=_tls(progress.ssl_object) if options.tls else NOT_ASKED,
             fields=self._fields,
@@ -213,6 +215,7 @@ class Worker:
         stored: Stored | None,
     ) -> None:
         decoder = Decoder(content_encoding)
+        progress.content_encoding = decoder.undecoded
         # A 304 has no body by definition: nothing to save (the earlier run's file still holds it).
         not_modified = response.status_code == _NOT_MODIFIED
         saving = None if not_modified else self._start_saving(progress.url, spec.index)
@@ -241,7 +244,7 @@ class Worker:
             try:
                 progress.saved_to = saving.commit()
             except OSError as exc:
-                raise SaveError(progress.url, exc) from exc
+                raise SaveError(saving.location, exc) from exc
         if body.kept is not None:
             progress.body, progress.body_encoding = _body_text(b"".join(body.kept), response)
 
@@ -251,7 +254,7 @@ class Worker:
         try:
             return self._saver.start(url, index)
         except OSError as exc:
-            raise SaveError(url, exc) from exc
+            raise SaveError(self._saver.directory, exc) from exc
 
 
 class _Body:
@@ -278,7 +281,7 @@ class _Body:
             try:
                 self.saving.write(data)
             except OSError as exc:
-                raise SaveError(progress.url, exc) from exc
+                raise SaveError(self.saving.location, exc) from exc
 
 
 class _ResponseFields:

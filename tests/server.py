@@ -13,6 +13,9 @@ tests and CLI subprocesses alike. Routes (``?key=value`` query parameters in bra
     /stall-headers              accepts the request, never answers
     /gzip/N                     N zero bytes, gzip-coded (N large: a compression bomb)
     /deflate/N                  N zero bytes, deflate-coded (zlib-wrapped)
+    /coded/N [codings, data]    N zero bytes (or `data` as text) with each of `codings` (comma-separated,
+                                in the order applied; gzip, deflate, br, zstd are applied, any other is
+                                only named in Content-Encoding)
     /redirect/N [status]        N redirects (302 by default) before a 200
     /redirect-to [url, status]  one redirect to url
     /reset                      reads the request, then resets the connection (RST)
@@ -279,6 +282,12 @@ class TestServer:
             raw = bytes(int(arg))
             coded = gzip.compress(raw, 9) if route == "gzip" else zlib.compress(raw, 9)
             send(200, coded, [("Content-Encoding", route), ("Content-Type", "application/octet-stream")])
+        elif route == "coded":
+            data = query["data"].encode() if "data" in query else bytes(int(arg))
+            codings = query.get("codings", "gzip")
+            for coding in codings.split(","):
+                data = _encode(coding.strip(), data)
+            send(200, data, [("Content-Encoding", codings), ("Content-Type", "application/octet-stream")])
         elif route == "redirect":
             left = int(arg)
             if left <= 0:
@@ -468,6 +477,23 @@ class Blackhole:
         with self._lock:
             for conn in self._accepted:
                 conn.close()
+
+
+def _encode(coding: str, data: bytes) -> bytes:
+    """``data`` in a content coding; codings we cannot apply are left out (only named)."""
+    if coding == "gzip":
+        return gzip.compress(data, 9)
+    if coding == "deflate":
+        return zlib.compress(data, 9)
+    if coding == "br":
+        import brotli
+
+        return bytes(brotli.compress(data))
+    if coding == "zstd":
+        from backports import zstd
+
+        return zstd.compress(data)
+    return data
 
 
 def _pattern(size: int) -> bytes:

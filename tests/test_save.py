@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from asyncfetch.errors import ErrorKind
 from asyncfetch.save import BodySaver, plan
-from tests.conftest import collect
+from tests.conftest import collect, records_of, run_cli
 from tests.server import TestServer
 
 pytestmark = pytest.mark.anyio
@@ -536,3 +537,109 @@ async def test_a_body_cut_by_an_error_leaves_no_file(server: TestServer, tmp_pat
     assert record.error.kind == ErrorKind.TIMEOUT
     assert record.saved_to is None
     assert entries(save_dir) == []
+
+
+# -- local failures: a full or read-only disk ---------------------------------------------------------
+
+
+def _mount_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs of our own at ``where`` (root only: chmod does not stop root, a mount does)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root: the disk-failure tests must run there, not be skipped")
+        pytest.skip("needs root to mount a small or read-only tmpfs (chmod does not bind root)")
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB file system: room for a few small bodies, not for eight of 20 KB."""
+    yield from _mount_tmpfs(tmp_path / "small", "size=64k")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory on a read-only file system."""
+    yield from _mount_tmpfs(tmp_path / "ro", "ro,size=64k")
+
+
+async def test_a_body_that_does_not_fit_on_the_disk_is_a_save_record_and_the_run_goes_on(
+    server: TestServer, full_disk: Path
+) -> None:
+    """On a full disk every request still gets its record: saved ones, then save errors naming the problem."""
+    urls = [server.url(f"/bytes/20000?i={i}") for i in range(8)]
+    records = sorted(await collect(urls, save_dir=full_disk, concurrency=1, retries=2), key=lambda r: r.index)
+    assert [r.index for r in records] == list(range(8))
+    saved = [r for r in records if r.error is None]
+    failed = [r for r in records if r.error is not None]
+    assert saved
+    assert failed
+    assert all(r.saved_to is not None and Path(r.saved_to).stat().st_size == 20_000 for r in saved)
+    for record in failed:
+        assert record.error is not None
+        assert record.error.kind is ErrorKind.SAVE
+        assert record.error.message.startswith("cannot write body in ")
+        assert record.error.message.endswith(": No space left on device")
+        assert (record.status, record.saved_to, record.sha256, record.attempts) == (200, None, None, 1)
+        assert not record.ok
+
+
+async def test_a_read_only_directory_under_dir_fails_only_its_bodies(fresh_server: TestServer, tmp_path: Path) -> None:
+    """Bodies bound for a read-only part of DIR are save errors; bodies for the rest of DIR are saved."""
+    save_dir = tmp_path / "out"
+    host_dir = save_dir / f"127.0.0.1_{fresh_server.port}"
+    for _ in _mount_tmpfs(host_dir, "ro,size=64k"):
+        records = await collect(
+            [fresh_server.url("/bytes/10"), f"http://localhost:{fresh_server.port}/bytes/10"], save_dir=save_dir
+        )
+    by_host = {httpx.URL(r.url).host: r for r in records}
+    blocked, fine = by_host["127.0.0.1"], by_host["localhost"]
+    assert blocked.error is not None
+    assert blocked.error.kind is ErrorKind.SAVE
+    assert blocked.error.message.endswith(": Read-only file system")
+    assert fine.error is None
+    assert fine.saved_to is not None
+
+
+async def test_a_dir_that_cannot_be_written_is_refused_before_anything_is_fetched(
+    fresh_server: TestServer, read_only_dir: Path
+) -> None:
+    """fetch(save_dir=<read-only>) raises OSError at once: no request is sent."""
+    with pytest.raises(OSError, match="Read-only file system"):
+        await collect([fresh_server.url("/ok")], save_dir=read_only_dir)
+    assert fresh_server.stats.requests == []
+
+
+def test_cli_refuses_an_unwritable_save_dir_up_front(server: TestServer, read_only_dir: Path) -> None:
+    """--save into a read-only directory is a usage error: exit 2, a message naming DIR and why, nothing fetched."""
+    result = run_cli("--save", str(read_only_dir), server.url("/ok"))
+    assert result.returncode == 2
+    assert result.stdout == b""
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) <= 3  # the contract's usage error: usage, hint, and the one line that names the problem
+    assert lines[-1] == f"asyncfetch: error: cannot use --save {read_only_dir}: Read-only file system"
+
+
+def test_cli_on_a_full_disk_writes_every_record_and_exits_1(server: TestServer, full_disk: Path) -> None:
+    """--save onto a full disk: every request has its record on stdout, no traceback, exit status 1."""
+    urls = "".join(server.url(f"/bytes/20000?i={i}") + "\n" for i in range(8))
+    result = run_cli("--save", str(full_disk), "-c", "4", "-q", input=urls)
+    assert result.returncode == 1, result.stderr
+    records = records_of(result.stdout)
+    assert sorted(r["index"] for r in records) == list(range(8))
+    assert {r["error"]["kind"] for r in records if r["error"]} == {"save"}
+    assert any(r["error"] is None for r in records)
+    assert b"Traceback" not in result.stderr
+
+
+def test_cli_records_that_cannot_be_written_end_the_run_with_one_line(server: TestServer, full_disk: Path) -> None:
+    """-o onto a full disk: exit 1 and one line naming the problem, no traceback."""
+    urls = "".join(server.url(f"/bytes/3000?i={i}") + "\n" for i in range(60))
+    result = run_cli("-o", str(full_disk / "records.jsonl"), "--body", "-c", "4", "-q", input=urls)
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == ["asyncfetch: error: cannot write records: No space left on device"]
