@@ -31,13 +31,16 @@ async def test_relative_and_absolute_redirect_chains_are_followed(httpbin: WebSe
         assert (record.status, record.final_url) == (200, httpbin.url("/get"))
 
 
-@pytest.mark.parametrize(("path", "flag"), [("/gzip", "gzipped"), ("/deflate", "deflated")])
-async def test_gzip_and_deflate_bodies_are_decoded(httpbin: WebServer, path: str, flag: str) -> None:
-    """httpbin's /gzip and /deflate: the record's body is the JSON inside, which says it was coded."""
+@pytest.mark.parametrize(
+    ("path", "coding", "flag"),
+    [("/gzip", "gzip", "gzipped"), ("/deflate", "deflate", "deflated"), ("/brotli", "br", "brotli")],
+)
+async def test_gzip_and_deflate_bodies_are_decoded(httpbin: WebServer, path: str, coding: str, flag: str) -> None:
+    """httpbin's /gzip, /deflate and /brotli: the record's body is the JSON inside, which says it was coded."""
     [record] = await collect([httpbin.url(path)], include_body=True, include_headers=True)
     assert record.error is None, record.error
     assert record.headers is not None
-    assert record.headers["content-encoding"] == path.lstrip("/")
+    assert record.headers["content-encoding"] == coding
     assert record.body is not None
     assert json.loads(record.body)[flag] is True
     assert record.size == len(record.body.encode())
