@@ -241,6 +241,7 @@ def test_record_fields_lists_every_key_a_record_can_have_in_order() -> None:
         body="x",
         body_encoding="base64",
         saved_to="f",
+        content_encoding="compress",
         timings=Timings(),
         tls=None,
         changed=True,
