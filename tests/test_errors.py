@@ -34,7 +34,7 @@ def _raised_from(exc: BaseException, cause: BaseException) -> BaseException:
 
 
 def test_the_error_kinds_are_exactly_the_contracts() -> None:
-    """ErrorKind holds the contract's ten kinds, spelled as in the records, and the later issues' own (save: a body not stored, the contract's local failure)."""
+    """ErrorKind holds the contract's ten kinds and save (its local failure), and later issues' own."""
     assert {kind.value for kind in ErrorKind} == {
         "invalid_url",
         "invalid_input",
