@@ -61,7 +61,7 @@ def test_values_with_one_obvious_meaning_are_normalised() -> None:
 
 @pytest.mark.parametrize(
     ("keyword", "suggested"),
-    [("concurency", "concurrency"), ("max_sise", "max_size"), ("timout", "timeout"), ("retry", "retries")],
+    [("concurency", "concurrency"), ("max_sise", "max_size"), ("timout", "timeout"), ("retires", "retries")],
 )
 def test_a_misspelt_keyword_is_a_type_error_naming_the_right_one(keyword: str, suggested: str) -> None:
     """fetch(concurency=5) says which option was meant."""
