@@ -57,6 +57,8 @@ _MAX_SESSIONS = 1024
 # encrypted bytes given to it at a time (a full record and its header).
 _TLS_READ = 64 * 1024
 _TLS_FEED = 16 * 1024 + 512
+# Idle connections kept for hosts with nothing queued (yet: the input is read ahead only so far).
+SPECULATIVE_IDLE = 256
 # Eviction looks at this many of the oldest idle connections for one nothing queued needs.
 _EVICTION_SCAN = 64
 
@@ -588,6 +590,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         verify: bool = True,
         max_connections: int | None = None,
         max_idle: int = MAX_IDLE,
+        speculative_idle: int = SPECULATIVE_IDLE,
         keepalive_expiry: float = 5.0,
         happy_eyeballs_delay: float = 0.25,
         resolver: Resolver | None = None,
@@ -598,6 +601,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self._verify = verify
         self._max_connections = connection_budget() if max_connections is None else max_connections
         self._max_idle = max_idle
+        self._speculative_idle = speculative_idle
         self._keepalive_expiry = keepalive_expiry
         self._happy_eyeballs_delay = happy_eyeballs_delay
         self._resolver = resolver or Resolver()
@@ -713,6 +717,12 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         """Take a connection back after its response: keep it for reuse, or close it."""
         self._active.discard(connection)
         if not connection.reusable or self._max_connections == 0 or self._max_idle == 0:
+            connection.close()
+            return
+        demand = self._demand
+        if len(self._idle_order) >= self._speculative_idle and demand is not None and not demand(connection.origin):
+            # Beyond a few, an idle connection is kept only for a host with requests queued: on a
+            # list of one URL per host the rest would hold 40-60 KB each for nothing.
             connection.close()
             return
         if connection.owns_tls and not connection.session_captured:

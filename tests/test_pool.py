@@ -125,6 +125,21 @@ async def test_idle_connections_beyond_the_memory_bound_are_closed(many_hosts: T
     assert pool.connections_reused == 2
 
 
+async def test_beyond_a_few_idle_connections_only_hosts_with_requests_queued_keep_theirs(
+    many_hosts: TestServer,
+) -> None:
+    """Past speculative_idle idle connections, one to a host with nothing queued is closed; a queued one is kept."""
+    hosts = many_hosts.hosts()[:4]
+    queued = {"127.0.0.4": 1}
+    pool = ConnectionPool(speculative_idle=2, demand=lambda origin: queued.get(origin.host, 0))
+    async with httpx.AsyncClient(transport=pool) as client:
+        for host in hosts:
+            assert (await client.get(f"{host}/ok")).status_code == 200
+        assert pool.open_connections == 3  # the first two, and the one with a request queued
+        assert (await client.get(f"{hosts[3]}/ok")).status_code == 200
+    assert pool.connections_reused == 1
+
+
 def test_the_connection_budget_is_the_open_file_limit_less_a_reserve() -> None:
     """The pool's default bound follows ulimit -n, keeping a reserve of descriptors for everything else."""
     import resource
