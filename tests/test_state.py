@@ -20,7 +20,7 @@ import pytest
 
 import asyncfetch
 from asyncfetch.state import StateError, StateStore, Stored
-from tests.conftest import collect
+from tests.conftest import collect, records_of, run_cli
 from tests.server import TestServer
 
 pytestmark = pytest.mark.anyio
@@ -251,3 +251,30 @@ def test_two_runs_at_once_on_one_state_file_are_refused(fresh_server: TestServer
         assert b"in use by another asyncfetch run" in second.stderr
         assert second.stdout == b""
         child.kill()
+
+
+def test_the_cli_nightly_run_lists_what_changed(fresh_server: TestServer, tmp_path: Path) -> None:
+    """asyncfetch --state FILE twice: the second run's records are 304s with changed false, except the changed one."""
+    state = tmp_path / "state.db"
+    urls = "".join(fresh_server.url(f"/cond/cli{i}") + "\n" for i in range(3))
+    first = run_cli("-q", "--state", str(state), input=urls)
+    assert first.returncode == 0, first.stderr
+    assert all(r["changed"] is True for r in records_of(first.stdout))
+    fresh_server.documents["cli1"] = b"new"
+    second = run_cli("-q", input=urls, env={"ASYNCFETCH_STATE": str(state)})
+    assert second.returncode == 0, second.stderr
+    changed = {r["url"]: r["changed"] for r in records_of(second.stdout)}
+    assert changed == {fresh_server.url(f"/cond/cli{i}"): i == 1 for i in range(3)}
+
+
+def test_the_cli_refuses_a_bad_state_file_and_state_with_work(tmp_path: Path) -> None:
+    """Not a database: exit 2 with one line naming it; asyncfetch work --state: exit 2, saying it is not supported."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    result = run_cli("-q", "--state", str(text), "http://127.0.0.1:9/")
+    assert result.returncode == 2
+    assert b"not an asyncfetch state file" in result.stderr
+    assert result.stdout == b""
+    work = run_cli("work", "--burst", "--state", str(tmp_path / "s.db"))
+    assert work.returncode == 2
+    assert b"--state is not supported by asyncfetch work" in work.stderr

@@ -96,11 +96,14 @@ def enqueue_command(values: p.Values, *, inputs: list[str] | None) -> int:
     return _run_with_redis(main, redis_url)
 
 
-@p.command((*_QUEUE, "name", "claim_after", "burst", *p.ENGINE_OPTIONS, "summary", "quiet"))
+@p.command((*_QUEUE, "name", "claim_after", "burst", *p.ENGINE_OPTIONS, "state", "summary", "quiet"))
 def work_command(values: p.Values) -> int:
     """Fetch requests from a Redis queue with the usual engine; run one per machine."""
     from asyncfetch import distributed
 
+    if values.get("state") is not None:
+        # One machine's store: workers on several machines would each keep a partial one.
+        raise UsageError("--state is not supported by asyncfetch work (each machine would keep its own partial state)")
     claim_after = values["claim_after"]
     if claim_after <= 0:
         raise UsageError(f"--claim-after must be more than 0 seconds, not {claim_after}")

@@ -183,6 +183,29 @@ _PARAMS = (
     ),
     Param("retries", ("--retries", "-r"), int, "Retries after a transient failure.", ENGINE, "retries"),
     Param("max_retry_wait", ("--max-retry-wait",), float, "Longest wait before a retry (s).", ENGINE, "max_retry_wait"),
+    Param(
+        "retry_on",
+        ("--retry-on",),
+        str,
+        "Statuses retried, e.g. 429,500-599 (none: errors only).",
+        ENGINE,
+        "retry_on",
+        str,
+        shown_default="429,502,503,504",
+        metavar="CODES",
+    ),
+    Param(
+        "per_host_rate", ("--per-host-rate",), float, "At most R starts per second per host.", ENGINE, "per_host_rate"
+    ),
+    Param("adaptive", ("--adaptive",), bool, "Per host, slow down on 429/503/timeouts (AIMD).", ENGINE, "adaptive"),
+    Param(
+        "max_host_errors",
+        ("--max-host-errors",),
+        int,
+        "Give up a host after N connect/timeout failures in a row (0: never).",
+        ENGINE,
+        "max_host_errors",
+    ),
     Param("follow", ("--follow/--no-follow",), bool, "Follow redirects (default: on).", ENGINE, "follow"),
     Param("max_redirects", ("--max-redirects",), int, "Most redirects followed.", ENGINE, "max_redirects"),
     Param("http2", ("--http2",), bool, "Negotiate HTTP/2 where the server offers it.", ENGINE, "http2"),
@@ -211,6 +234,15 @@ _PARAMS = (
         "save_dir",
         _save_dir,
         metavar="DIR",
+    ),
+    Param(
+        "state",
+        ("--state",),
+        Path,
+        "SQLite state: ask servers only for what changed since the last run.",
+        RECORDS,
+        "state",
+        metavar="FILE",
     ),
     Param("dedupe", ("--dedupe",), bool, "Fetch each distinct URL once.", RECORDS, "dedupe"),
     Param("ordered", ("--ordered",), bool, "Write records in input order.", RECORDS, "ordered"),
@@ -288,6 +320,10 @@ ENGINE_OPTIONS = (
     "connect_timeout",
     "retries",
     "max_retry_wait",
+    "retry_on",
+    "per_host_rate",
+    "adaptive",
+    "max_host_errors",
     "follow",
     "max_redirects",
     "http2",
@@ -298,7 +334,7 @@ ENGINE_OPTIONS = (
     "body",
     "save",
 )
-FETCH_OPTIONS = (*REQUEST_OPTIONS, *ENGINE_OPTIONS, "dedupe", "ordered", "output", "resume", "fail")
+FETCH_OPTIONS = (*REQUEST_OPTIONS, *ENGINE_OPTIONS, "state", "dedupe", "ordered", "output", "resume", "fail")
 DISPLAY_OPTIONS = ("progress", "summary", "quiet")
 
 

@@ -27,6 +27,7 @@ from asyncfetch.resume import DoneSet, scan_output
 from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, LineReader, estimate_total
+from asyncfetch.state import StateError
 from asyncfetch.stats import RunStats
 from asyncfetch.transport import MAX_IDLE
 
@@ -161,6 +162,8 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
         run = fetch(reader, options=plan.options, stop=control.stop, skip=done)
     except OSError as exc:  # --save DIR cannot be made
         raise UsageError(f"cannot use --save {plan.options.save_dir}: {exc.strerror or exc}") from None
+    except StateError as exc:  # --state FILE in use by another run, or not ours
+        raise UsageError(str(exc)) from None
     stop_display = _start_progress(plan, reader, run, stats) if plan.progress else None
     if stop_display is not None:
         control.before_exit.append(stop_display)
@@ -172,7 +175,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
                 stats.add(record)
     except OSError as exc:
         raise CommandError(f"cannot write records: {exc.strerror or exc}") from None
-    except SaveError as exc:
+    except (SaveError, StateError) as exc:
         raise CommandError(str(exc)) from None
     except InputError as exc:  # an INPUT that became unreadable midway
         raise InputFailure(str(exc)) from None
