@@ -11,7 +11,8 @@ Connection policy, for lists of many hosts: a connection whose response is compl
 open for the next request to its origin (up to ``keepalive_expiry`` idle). Open connections
 are bounded by the open-file limit (``ulimit -n`` less a reserve), not by the concurrency:
 a host with requests still queued keeps its connection even while every worker is busy
-elsewhere. Idle ones are bounded by ``max_idle`` (memory). When a bound is reached, the
+elsewhere. Idle ones are bounded by ``max_idle`` (memory), and beyond ``speculative_idle``
+only a host with requests queued keeps one. When a bound is reached, the
 idle connection closed is, among the oldest: a dead or expired one, else one whose host has
 nothing queued in the scheduler (``demand``), else the oldest. New connections try each
 address of a host in turn, the next one starting when the previous fails or has not
