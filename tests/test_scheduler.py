@@ -52,12 +52,15 @@ class FakeClock:
         return self.now
 
 
-async def within(awaitable: Awaitable[T], seconds: float) -> T | None:
-    """The result of ``awaitable`` if it comes within ``seconds``, else None (it is cancelled)."""
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """The result of ``awaitable``, which must come within ``seconds``: else it is cancelled and
+    :class:`TimeoutError` raised. "Must not return yet" is ``pytest.raises(TimeoutError)``; a None
+    after this is a None the awaited call returned, never a timeout.
+    """
     try:
         return await asyncio.wait_for(awaitable, seconds)
     except TimeoutError:
-        return None
+        raise TimeoutError(f"no result within {seconds} s") from None
 
 
 async def got(scheduler: Scheduler) -> Job:
@@ -126,7 +129,8 @@ async def test_a_host_at_its_limit_is_skipped_while_other_hosts_are_served() -> 
     await put_all(scheduler, [f"{A}/{i}" for i in range(4)] + [f"{B}/0"])
     started = [await got(scheduler) for _ in range(3)]
     assert sorted(job.spec.target.host for job in started) == ["a.example", "a.example", "b.example"]
-    assert await within(scheduler.get(), 0.05) is None  # A is full, B has nothing left
+    with pytest.raises(TimeoutError):  # A is full, B has nothing left
+        await within(scheduler.get(), 0.05)
     scheduler.finish(started[0] if started[0].spec.target.host == "a.example" else started[1])
     freed = await got(scheduler)
     assert freed.spec.target.host == "a.example"
@@ -170,8 +174,7 @@ async def test_put_waits_while_the_scheduler_holds_its_capacity() -> None:
     await asyncio.sleep(0.02)
     assert not blocked.done(), "a running request still counts against the capacity"
     scheduler.finish(job)
-    await within(blocked, 1.0)
-    assert blocked.done()
+    await within(blocked, 1.0)  # the freed place lets the producer in
     assert scheduler.held == 3
 
 
@@ -195,12 +198,12 @@ async def test_get_returns_none_only_once_closed_and_everything_finished() -> No
     await put_all(scheduler, [f"{A}/0"])
     scheduler.close()
     job = await got(scheduler)
-    assert await within(scheduler.get(), 0.05) is None  # still running: it could be retried
+    with pytest.raises(TimeoutError):  # still running: it could be retried
+        await within(scheduler.get(), 0.05)
     waiting = asyncio.ensure_future(scheduler.get())
     await asyncio.sleep(0.01)
     scheduler.finish(job)
     assert await within(waiting, 1.0) is None
-    assert waiting.done()
 
 
 async def test_closing_an_empty_scheduler_ends_the_waiting_workers() -> None:
@@ -220,8 +223,7 @@ async def test_stop_releases_workers_and_producer_and_hands_out_nothing_more() -
     blocked = asyncio.ensure_future(scheduler.put(spec(f"{A}/1", 1)))
     await asyncio.sleep(0.01)
     scheduler.stop()
-    await within(blocked, 1.0)
-    assert blocked.done()
+    await within(blocked, 1.0)  # the blocked producer is released
     assert await within(scheduler.get(), 1.0) is None
 
 
@@ -237,7 +239,8 @@ async def test_a_paused_host_is_skipped_while_other_hosts_are_served() -> None:
     scheduler.finish(first)
     served = [await got(scheduler) for _ in range(2)]
     assert [job.spec.target.host for job in served] == ["b.example", "b.example"]
-    assert await within(scheduler.get(), 0.05) is None
+    with pytest.raises(TimeoutError):
+        await within(scheduler.get(), 0.05)
     scheduler.stop()
 
 
