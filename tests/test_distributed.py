@@ -20,19 +20,23 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 import trustme
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
+import asyncfetch
 from asyncfetch import distributed
+from asyncfetch.distributed import collector
+from asyncfetch.distributed.keys import ACK_IF_COMPLETE, RECORD_ONCE
 from tests.cli_process import cli_env
 from tests.conftest import records_of, run_cli, unused_port
 from tests.server import TestServer
@@ -47,6 +51,7 @@ if _FOUND is None:
 REDIS_BINARY: str = _FOUND
 
 QUEUE = distributed.QueueKeys("default")
+T = TypeVar("T")
 # Fields that differ between two runs of the same request.
 TIMING_FIELDS = ("elapsed_ms", "fetched_at")
 
@@ -783,26 +788,202 @@ async def test_follow_collects_a_record_landing_as_the_queue_completes(
             yield "http://127.0.0.1:9/b"
 
         assert await distributed.enqueue(client, keys, two_requests()) == 2
-        record_once = client.register_script(distributed._RECORD_ONCE)
+        record_once = client.register_script(RECORD_ONCE)
 
         async def record(index: int) -> None:
             line = json.dumps({"url": f"http://127.0.0.1:9/{index}", "index": index}, separators=(",", ":"))
             await record_once(keys=[keys.done, keys.results, keys.counts, keys.worker("t")], args=[index, line, "ok"])
 
         await record(0)
-        complete = distributed._complete
+        complete = collector._complete
 
         async def last_record_lands_first(redis_client: Any, queue: distributed.QueueKeys) -> bool:
             await record(1)  # a worker's last record, just after the collector's read came back empty
             return await complete(redis_client, queue)
 
-        monkeypatch.setattr(distributed, "_complete", last_record_lands_first)
+        monkeypatch.setattr(collector, "_complete", last_record_lands_first)
         lines: list[bytes] = []
         await asyncio.wait_for(
             distributed.collect(client, keys, lines.append, written=distributed.IndexBitmap(), follow=True, poll=0.05),
             10,
         )
         assert sorted(json.loads(line)["index"] for line in lines) == [0, 1]
+    finally:
+        await client.aclose()
+
+
+# -- the worker's tasks: none dies alone -------------------------------------------------------------
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """The result of ``awaitable``, which must come within ``seconds`` (else :class:`TimeoutError`)."""
+    try:
+        return await asyncio.wait_for(awaitable, seconds)
+    except TimeoutError:
+        raise TimeoutError(f"no result within {seconds} s") from None
+
+
+async def queue_of(client: Any, keys: distributed.QueueKeys, urls: Sequence[str], chunk_size: int) -> None:
+    async def lines() -> AsyncIterator[str]:
+        for url in urls:
+            yield url
+
+    assert await distributed.enqueue(client, keys, lines(), chunk_size=chunk_size) == len(urls)
+
+
+@dataclass
+class Failing:
+    """A stand-in for a worker method that raises ``error`` (the first ``times`` calls, or always)."""
+
+    error: BaseException
+    times: int | None = None
+    calls: int = 0
+    recovered: asyncio.Event = field(default_factory=asyncio.Event)  # a call after the failures succeeded
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        original = getattr(distributed.QueueWorker, name)
+
+        async def stand_in(worker: distributed.QueueWorker, *args: Any) -> Any:
+            self.calls += 1
+            if self.times is None or self.calls <= self.times:
+                raise self.error
+            result = await original(worker, *args)
+            self.recovered.set()
+            return result
+
+        monkeypatch.setattr(distributed.QueueWorker, name, stand_in)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["_beat", "_write"])
+async def test_a_worker_loop_that_dies_on_a_bug_ends_the_worker_with_that_error(
+    redis_server: RedisServer, server: TestServer, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """A heartbeat or a sender failing on a non-Redis error stops the worker with that error, at once:
+    no worker fetching on while others claim its chunks, no wait for a flush that never comes."""
+    keys = distributed.QueueKeys("loop-bug")
+    client = distributed.connect(redis_server.url)
+    try:
+        await queue_of(client, keys, [server.url(f"/sleep/300?i={i}") for i in range(6)], chunk_size=2)
+        failing = Failing(RuntimeError(f"bug in {loop}"))
+        failing.patch(monkeypatch, loop)
+        worker = distributed.QueueWorker(
+            client, keys, asyncfetch.FetchOptions(concurrency=2), claim_after=0.2, burst=True, poll=0.1
+        )
+        with pytest.raises(RuntimeError, match=f"bug in {loop}"):
+            await within(worker.run(), 30)
+        assert failing.calls
+        # Nothing lost: what the worker did not finish stays pending, for another worker to take.
+        state = await distributed.status(client, keys)
+        assert state["done"] < 6
+        assert state["chunks_in_flight"] + state["chunks_waiting"] > 0
+        rescuer = distributed.QueueWorker(
+            client, keys, asyncfetch.FetchOptions(), claim_after=0.2, burst=True, poll=0.1
+        )
+        monkeypatch.undo()
+        await within(rescuer.run(), 30)
+        assert (await distributed.status(client, keys))["done"] == 6
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["_beat", "_write"])
+async def test_a_redis_error_in_a_worker_loop_is_retried(
+    redis_server: RedisServer, server: TestServer, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Redis refusing a heartbeat or a write a few times (OOM, a failover) is tried again: the worker
+    finishes the queue, each record once."""
+    keys = distributed.QueueKeys("loop-retry")
+    client = distributed.connect(redis_server.url)
+    try:
+        await queue_of(client, keys, [server.url(f"/sleep/200?i={i}") for i in range(6)], chunk_size=2)
+        failing = Failing(ResponseError("OOM command not allowed when used memory > 'maxmemory'."), times=3)
+        failing.patch(monkeypatch, loop)
+        stop = asyncio.Event()
+        options = asyncfetch.FetchOptions(concurrency=2)
+        worker = distributed.QueueWorker(client, keys, options, claim_after=0.2, poll=0.1)
+        running = asyncio.ensure_future(worker.run(stop))
+
+        async def done() -> None:
+            await failing.recovered.wait()  # tried again after the failures, and it worked
+            while (await distributed.status(client, keys))["done"] < 6:
+                await asyncio.sleep(0.05)
+
+        try:
+            await within(asyncio.wait({running, asyncio.ensure_future(done())}, return_when="FIRST_COMPLETED"), 30)
+            assert not running.done(), "the worker ended on an error it should have ridden out"
+        finally:
+            stop.set()
+        totals = await within(running, 30)
+        assert failing.calls > 3
+        assert (totals.records, totals.chunks) == (6, 3)
+        lines: list[bytes] = []
+        await distributed.collect(client, keys, lines.append, written=distributed.IndexBitmap())
+        assert_exactly_once([json.loads(line) for line in lines], 6)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("loop", ["_beat", "_write", "_next_chunk"])
+async def test_a_redis_error_outlasting_the_patience_ends_the_worker_with_it(
+    redis_server: RedisServer, server: TestServer, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """A Redis that keeps refusing for longer than the worker's patience ends the worker with that error
+    (the CLI shows it in one line, exit 1) instead of a worker fetching or waiting forever."""
+    keys = distributed.QueueKeys("loop-patience")
+    client = distributed.connect(redis_server.url)
+    try:
+        await queue_of(client, keys, [server.url(f"/sleep/300?i={i}") for i in range(40)], chunk_size=2)
+        Failing(ResponseError("READONLY You can't write against a read only replica.")).patch(monkeypatch, loop)
+        worker = distributed.QueueWorker(
+            client, keys, asyncfetch.FetchOptions(concurrency=2), claim_after=0.2, poll=0.1, patience=0.5
+        )
+        with pytest.raises(ResponseError, match="READONLY"):
+            await within(worker.run(), 30)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_status_after_a_redis_restart_still_counts_the_chunks_waiting(
+    redis_servers: Callable[..., RedisServer],
+) -> None:
+    """After a restart (appendonly yes) Redis reports the group's lag as nil; status still says how many
+    chunks wait, as it did before the restart — not 0."""
+    redis_server = redis_servers(appendonly=True)
+    keys = distributed.QueueKeys("restart")
+    client = distributed.connect(redis_server.url)
+    try:
+        await queue_of(client, keys, [f"http://127.0.0.1:9/{i}" for i in range(10)], chunk_size=2)
+        # A worker takes three chunks and finishes the first: 2 in flight, 2 waiting, 1 deleted.
+        answer: Any = await client.xreadgroup(distributed.GROUP, "w1", {keys.jobs: ">"}, count=3)
+        (first_id, first_fields), *_ = answer[0][1]
+        record_once = client.register_script(RECORD_ONCE)
+        for index in (0, 1):
+            line = json.dumps({"url": f"http://127.0.0.1:9/{index}", "index": index})
+            await record_once(keys=[keys.done, keys.results, keys.counts, keys.worker("w1")], args=[index, line, "ok"])
+        ack = client.register_script(ACK_IF_COMPLETE)
+        assert await ack(
+            keys=[keys.done, keys.jobs], args=[distributed.GROUP, first_id, int(first_fields[b"first"]), 2]
+        )
+        before = await distributed.status(client, keys)
+        assert (before["chunks_waiting"], before["chunks_in_flight"], before["in_progress_or_waiting"]) == (2, 2, 8)
+
+        redis_server.shutdown()
+        redis_server.start()
+        groups: Any = await client.xinfo_groups(keys.jobs)
+        assert groups[0]["lag"] is None, "this Redis keeps the lag across a restart: the scene is not set"
+        after = await distributed.status(client, keys)
+        assert {
+            key: after[key] for key in ("chunks_waiting", "chunks_in_flight", "in_progress_or_waiting", "done")
+        } == {
+            "chunks_waiting": 2,
+            "chunks_in_flight": 2,
+            "in_progress_or_waiting": 8,
+            "done": 2,
+        }
     finally:
         await client.aclose()
 
