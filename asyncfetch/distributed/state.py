@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from asyncfetch.distributed.keys import GROUP, QueueKeys, text
+from asyncfetch.record import Outcome
 
 
 async def status(client: aioredis.Redis, keys: QueueKeys) -> dict[str, Any]:
@@ -51,9 +52,9 @@ async def status(client: aioredis.Redis, keys: QueueKeys) -> dict[str, Any]:
         "queued": queued,
         "done": done,
         "in_progress_or_waiting": queued - done,
-        "ok": counts.get("ok", 0),
-        "http_errors": counts.get("http", 0),
-        "failed": counts.get("failed", 0),
+        "ok": counts.get(Outcome.OK, 0),
+        "http_errors": counts.get(Outcome.HTTP_ERROR, 0),
+        "failed": counts.get(Outcome.FAILED, 0),
         "chunks_waiting": chunks_waiting(group, chunks) if group else 0,
         "chunks_in_flight": int(group.get("pending", 0)) if group else 0,
         "results_stored": int(await client.xlen(keys.results)),

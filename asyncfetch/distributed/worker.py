@@ -29,7 +29,7 @@ from asyncfetch.distributed.connection import ensure_group
 from asyncfetch.distributed.keys import ACK_IF_COMPLETE, GROUP, RECORD_ONCE, QueueKeys, shape_from_text, text
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
-from asyncfetch.record import Record
+from asyncfetch.record import Outcome, Record
 from asyncfetch.spec import RequestShape, ShapedLine
 
 _FIRST_PAUSE = 0.25
@@ -210,13 +210,8 @@ class QueueWorker:
     def _take(self, record: Record) -> None:
         global_index, chunk = self._origin.pop(record.index)
         line = replace(record, index=global_index).to_json()
-        if record.error is not None:
-            outcome = "failed"
-        elif record.status is not None and record.status >= 400:
-            outcome = "http"
-        else:
-            outcome = "ok"
-        self._outbox.records.append((global_index, line, outcome))
+        # The outcome names are the counters' names in Redis (keys.py: counts).
+        self._outbox.records.append((global_index, line, record.outcome.value))
         chunk.outstanding -= 1
         if chunk.fed and chunk.outstanding == 0:
             self._outbox.acks.append(chunk)
@@ -318,7 +313,7 @@ class QueueWorker:
         for chunk in outbox.acks:
             self._open.pop(chunk.id, None)
         self.totals.records += len(outbox.records)
-        self.totals.failed += sum(1 for _, _, outcome in outbox.records if outcome == "failed")
+        self.totals.failed += sum(1 for _, _, outcome in outbox.records if outcome == Outcome.FAILED)
         self.totals.chunks += len(outbox.acks)
         self._sent.set()
 
