@@ -141,6 +141,7 @@ def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) 
             f"  {stats.connections_opened:,} connection{'s' if stats.connections_opened != 1 else ''} opened, "
             f"{stats.connections_reused:,} request{'s' if stats.connections_reused != 1 else ''} on a reused one"
         )
+    lines += _host_lines(stats)
     if interrupted is not None:
         lines.append("  " + _undone(interrupted))
         if interrupted.resume is not None:
@@ -148,6 +149,29 @@ def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) 
         else:
             lines.append("  to finish later, write records with -o FILE and run again with --resume")
     return "\n".join(lines) + "\n"
+
+
+def _host_lines(stats: RunStats) -> list[str]:
+    """The slowest hosts and the most failing ones (top 5 each), when per-host figures were kept."""
+    table = stats.hosts
+    if table is None or not table.hosts:
+        return []
+    lines = ["  slowest hosts (p95):"]
+    for host, figures in table.slowest():
+        lines.append(f"    {_ms(figures.percentile(0.95)):>9}  {host}  ({figures.records:,} requests)")
+    failing = table.most_failing()
+    if failing:
+        lines.append("  most failing hosts:")
+        for host, figures in failing:
+            lines.append(
+                f"    {figures.errors:>9,} errors, {figures.http_errors:,} HTTP >= 400  {host}"
+                f"  ({figures.records:,} requests)"
+            )
+    if table.dropped:
+        lines.append(
+            f"  (per-host figures kept for {len(table.hosts):,} hosts; {table.dropped:,} quieter ones dropped)"
+        )
+    return lines
 
 
 def _undone(interrupted: Interruption) -> str:

@@ -19,7 +19,7 @@ from asyncfetch.cli.runner import RunControl, open_output, run_loop
 from asyncfetch.cli.status import CommandError, ExitStatus, UsageError, outcome_status
 from asyncfetch.resume import cut_torn_tail
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import STDIN, InputError, LineReader, check_inputs
+from asyncfetch.source import STDIN, InputError, LineReader, check_inputs, format_of
 from asyncfetch.spec import RequestShape
 from asyncfetch.stats import RunStats
 
@@ -69,6 +69,10 @@ def enqueue_command(values: p.Values, *, inputs: list[str] | None) -> int:
         data=request_options.data,
         user_agent=values["user_agent"],
     )
+    tables = [path for path in paths if format_of(path) != "lines"]
+    if tables:
+        # A row's other columns could not travel through the queue: say so rather than read rows as URLs.
+        raise UsageError(f"{tables[0]}: CSV/TSV input is read by a one-machine run only, not by enqueue")
     try:
         check_inputs(paths)
     except InputError as exc:

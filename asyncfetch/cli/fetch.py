@@ -71,6 +71,11 @@ def fetch_command(values: p.Values, *, inputs: list[str] | None, version: bool) 
     output = values.pop("output")
     if values["resume"] and output is None:
         raise UsageError("--resume needs --output FILE")
+    if values["csv"] and values["tsv"]:
+        raise UsageError("--csv and --tsv: choose one")
+    summary_json = values["summary_json"]
+    if summary_json is not None and summary_json.is_dir():
+        raise UsageError(f"--summary-json {summary_json}: is a directory")
     options = values.options()
     try:
         SpecBuilder(options)  # checks the -H headers against the defaults
@@ -94,5 +99,8 @@ def fetch_command(values: p.Values, *, inputs: list[str] | None, version: bool) 
             summary=shown.summary,
             warnings=shown.warnings,
             argv=p.current_argv(),
+            input_format="csv" if values["csv"] else "tsv" if values["tsv"] else None,
+            url_column=values["url_column"],
+            summary_json=summary_json,
         )
     )

@@ -28,6 +28,7 @@ from asyncfetch.cli.status import UsageError
 from asyncfetch.options import FetchOptions, environment_proxies, format_size, parse_header, parse_size
 from asyncfetch.source import STDIN
 
+INPUT = "Input"
 REQUEST = "Requests"
 ENGINE = "Fetching"
 RECORDS = "Records"
@@ -137,6 +138,10 @@ def _data(text: str) -> bytes:
         raise ValueError(f"cannot read --data file {path}: {exc.strerror or exc}") from None
 
 
+def _fields(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _save_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--save {path}: not a directory")
@@ -144,6 +149,17 @@ def _save_dir(path: Path) -> Path:
 
 
 _PARAMS = (
+    # -- how INPUTs are read --------------------------------------------------------------------
+    Param("csv", ("--csv",), bool, "Read every INPUT as CSV (default: by a .csv name).", INPUT, default=False),
+    Param("tsv", ("--tsv",), bool, "Read every INPUT as TSV (default: by a .tsv name).", INPUT, default=False),
+    Param(
+        "url_column",
+        ("--url-column",),
+        str,
+        "CSV/TSV column holding the URL (default: url, any case).",
+        INPUT,
+        metavar="NAME",
+    ),
     # -- what each request carries ------------------------------------------------------------
     Param("method", ("--method", "-X"), str, "Method for URL lines (GET; POST with -d).", REQUEST, "method", _method),
     Param(
@@ -244,6 +260,18 @@ _PARAMS = (
         "state",
         metavar="FILE",
     ),
+    Param("timings", ("--timings",), bool, "Add where the time went: dns, connect, tls, ttfb.", RECORDS, "timings"),
+    Param("tls", ("--tls",), bool, "Add TLS version, cipher, certificate and expiry.", RECORDS, "tls"),
+    Param(
+        "fields",
+        ("--fields",),
+        str,
+        "Keep only these record fields, e.g. url,status,sha256.",
+        RECORDS,
+        "fields",
+        _fields,
+        metavar="LIST",
+    ),
     Param("dedupe", ("--dedupe",), bool, "Fetch each distinct URL once.", RECORDS, "dedupe"),
     Param("ordered", ("--ordered",), bool, "Write records in input order.", RECORDS, "ordered"),
     # -- where records go, and how the run ends -------------------------------------------------
@@ -264,6 +292,14 @@ _PARAMS = (
         bool | None,
         "Closing summary (default: when stderr is a terminal).",
         DISPLAY,
+    ),
+    Param(
+        "summary_json",
+        ("--summary-json",),
+        Path,
+        "Write the whole summary, per host too, as JSON to FILE.",
+        DISPLAY,
+        metavar="FILE",
     ),
     Param("quiet", ("--quiet", "-q"), bool, "No progress, no summary, no warnings.", DISPLAY, default=False),
     # -- the queue --------------------------------------------------------------------------------
@@ -333,9 +369,23 @@ ENGINE_OPTIONS = (
     "headers",
     "body",
     "save",
+    "timings",
+    "tls",
+    "fields",
 )
-FETCH_OPTIONS = (*REQUEST_OPTIONS, *ENGINE_OPTIONS, "state", "dedupe", "ordered", "output", "resume", "fail")
-DISPLAY_OPTIONS = ("progress", "summary", "quiet")
+INPUT_OPTIONS = ("csv", "tsv", "url_column")
+FETCH_OPTIONS = (
+    *INPUT_OPTIONS,
+    *REQUEST_OPTIONS,
+    *ENGINE_OPTIONS,
+    "state",
+    "dedupe",
+    "ordered",
+    "output",
+    "resume",
+    "fail",
+)
+DISPLAY_OPTIONS = ("progress", "summary", "summary_json", "quiet")
 
 
 class Values(dict[str, Any]):

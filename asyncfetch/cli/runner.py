@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import resource
 import shlex
@@ -26,9 +27,9 @@ from asyncfetch.options import FetchOptions
 from asyncfetch.resume import DoneSet, scan_output
 from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
-from asyncfetch.source import Input, InputError, LineReader, estimate_total
+from asyncfetch.source import Input, InputError, InputFormat, InputReader, estimate_total
 from asyncfetch.state import StateError
-from asyncfetch.stats import RunStats
+from asyncfetch.stats import HostTable, RunStats
 from asyncfetch.transport import MAX_IDLE
 
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
@@ -53,6 +54,10 @@ class Plan:
     # The command line as typed (without the program name): the summary of an interrupted
     # run shows the one that finishes the job.
     argv: tuple[str, ...] = ()
+    # How INPUTs are read (None: by each name), and the CSV/TSV column holding the URL.
+    input_format: InputFormat | None = None
+    url_column: str | None = None
+    summary_json: Path | None = None  # where the whole summary goes as JSON
 
 
 @dataclass(slots=True)
@@ -156,8 +161,9 @@ def execute(plan: Plan) -> int:
 
 
 async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunControl) -> int:
-    stats = RunStats()
-    reader = LineReader(plan.inputs)
+    # Per-host figures cost a little per record: kept only when a summary will show them.
+    stats = RunStats(hosts=HostTable() if plan.summary or plan.summary_json is not None else None)
+    reader = InputReader(plan.inputs, input_format=plan.input_format, url_column=plan.url_column)
     try:
         run = fetch(reader, options=plan.options, stop=control.stop, skip=done)
     except OSError as exc:  # --save DIR cannot be made
@@ -200,9 +206,24 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
             )
         sys.stderr.write(format_summary(stats, interrupted=interruption))
         sys.stderr.flush()
+    if plan.summary_json is not None:
+        write_summary_json(plan.summary_json, stats, interrupted=control.interrupted)
     return outcome_status(
         failed=stats.failed, http_errors=stats.http_errors, fail=plan.fail, interrupted=control.interrupted
     )
+
+
+def write_summary_json(path: Path, stats: RunStats, *, interrupted: bool) -> None:
+    """The whole summary as one JSON object in FILE, replaced whole (never a half-written file)."""
+    data = (json.dumps(stats.to_dict(interrupted=interrupted), ensure_ascii=False) + "\n").encode("utf-8")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise CommandError(f"cannot write --summary-json {path}: {exc.strerror or exc}") from None
 
 
 def _unread(inputs: list[Input], read: int) -> int | None:
@@ -221,7 +242,7 @@ def resume_command(plan: Plan) -> str | None:
     return shlex.join(["asyncfetch", *args])
 
 
-def _start_progress(plan: Plan, reader: LineReader, run: Any, stats: RunStats) -> Callable[[], None]:
+def _start_progress(plan: Plan, reader: InputReader, run: Any, stats: RunStats) -> Callable[[], None]:
     """Start the bar; returns the function that stops it (idempotent)."""
     from asyncfetch.cli.display import ProgressDisplay
 
