@@ -41,6 +41,13 @@ _FOOTER = (
 )
 _METAVARS: dict[Any, str] = {int: "N", float: "NUM", str: "TEXT", Path: "PATH"}
 _COLUMN = 28  # where option help starts
+# One line each in the tool's help (each command's own help says more).
+_SUMMARIES = {
+    "enqueue": "Put requests on a Redis queue.",
+    "work": "Fetch from the queue (one per machine).",
+    "collect": "Write the queue's records, each once.",
+    "status": "The queue's state as JSON.",
+}
 
 
 class _Command(TyperCommand):
@@ -114,7 +121,7 @@ def _commands(group: Any) -> list[tuple[str, str]]:
         if command_name == "fetch":
             continue
         command = group.get_command(None, command_name)
-        rows.append((command_name, (command.help or "").split("\n")[0]))
+        rows.append((command_name, _SUMMARIES.get(command_name, (command.help or "").split("\n")[0])))
     return rows
 
 
