@@ -20,7 +20,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -228,3 +228,12 @@ def run_on_terminal(
         os.close(controller)
     stdout = b"".join(chunk for fd, parts in chunks.items() if fd != controller for chunk in parts)
     return TerminalRun(returncode, stdout, b"".join(chunks[controller]))
+
+
+def wait_for(condition: str, check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``check()`` until true; fail naming ``condition`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        time.sleep(0.02)

@@ -12,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_process import running, write_lines
+from tests.cli_process import running, wait_for, write_lines
 from tests.conftest import records_of
 from tests.server import TestServer
-
-
-def _wait_for(condition: str, check: object, timeout: float = 10.0) -> None:
-    """Poll ``check()`` until true; fail naming ``condition`` after ``timeout`` s."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {condition}")
-        time.sleep(0.02)
 
 
 def _whole_json_lines(stdout: bytes) -> list[dict[str, object]]:
@@ -44,7 +34,7 @@ def test_a_signal_mid_run_exits_130_after_writing_the_complete_records(
     listing = write_lines(tmp_path / "urls.txt", urls)
     with running("-c", "2", "--summary", str(listing)) as child:
         early = [json.loads(child.line()) for _ in range(2)]
-        _wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 2)
+        wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 2)
         child.signal(signum)
         finished = child.finish(timeout=10)
     assert finished.returncode == 130, finished.stderr
@@ -77,7 +67,7 @@ def test_sigint_with_ordered_writes_the_complete_records_held_back(fresh_server:
     with running("--ordered", "-c", "4", "-q", stdin=subprocess.PIPE) as child:
         child.send("".join(line + "\n" for line in lines).encode())
         child.close_stdin()
-        _wait_for("the three /ok requests answered", lambda: fresh_server.hits("/ok") == 3)
+        wait_for("the three /ok requests answered", lambda: fresh_server.hits("/ok") == 3)
         time.sleep(0.5)  # the answers are tiny: half a second is plenty to read them
         child.signal(signal.SIGINT)
         finished = child.finish(timeout=10)
@@ -92,7 +82,7 @@ def test_two_quick_sigints_exit_130_without_a_traceback(fresh_server: TestServer
     listing = write_lines(tmp_path / "urls.txt", urls)
     with running("-c", "3", str(listing)) as child:
         child.line()
-        _wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 2)
+        wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 2)
         child.signal(signal.SIGINT)
         child.signal(signal.SIGINT)
         finished = child.finish(timeout=10)
@@ -153,7 +143,7 @@ def test_resume_after_kill_9_records_every_request_exactly_once(
     listing = write_lines(tmp_path / "urls.txt", urls)
     out = tmp_path / "out.jsonl"
     with running("-c", "10", "-q", "-o", str(out), str(listing)) as child:
-        _wait_for("a few records in FILE", lambda: out.exists() and out.read_bytes().count(b"\n") >= 5)
+        wait_for("a few records in FILE", lambda: out.exists() and out.read_bytes().count(b"\n") >= 5)
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
     recorded_first = out.read_bytes().count(b"\n")

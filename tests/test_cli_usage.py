@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,9 @@ from asyncfetch.cli.display import Interruption, ProgressDisplay, format_summary
 from asyncfetch.cli.params import PARAMS
 from asyncfetch.options import FetchOptions
 from asyncfetch.stats import RunStats
-from tests.cli_process import COMMAND, cli_env, open_terminal, running, write_lines
+from tests.cli_process import COMMAND, cli_env, open_terminal, running, wait_for, write_lines
 from tests.conftest import records_of, run_cli
 from tests.server import TestServer
-
-
-def _wait_for(condition: str, check: object, timeout: float = 10.0) -> None:
-    """Poll ``check()`` until true; fail naming ``condition`` after ``timeout`` s."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {condition}")
-        time.sleep(0.02)
 
 
 # -- the help ---------------------------------------------------------------------------------------
@@ -166,8 +155,8 @@ def test_the_interrupted_summary_counts_what_is_left_and_gives_the_resume_comman
     listing = write_lines(tmp_path / "urls.txt", urls)
     out = tmp_path / "out.jsonl"
     with running("-c", "4", "--summary", "-o", str(out), str(listing)) as child:
-        _wait_for("the /ok records", lambda: out.exists() and out.read_bytes().count(b"\n") >= 2)
-        _wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 4)
+        wait_for("the /ok records", lambda: out.exists() and out.read_bytes().count(b"\n") >= 2)
+        wait_for("/sleep requests in flight", lambda: fresh_server.hits("/sleep") >= 4)
         child.signal(signal.SIGINT)
         finished = child.finish(timeout=10)
     assert finished.returncode == 130

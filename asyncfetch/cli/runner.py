@@ -25,7 +25,6 @@ from asyncfetch.cli.status import CommandError, ExitStatus, InputFailure, UsageE
 from asyncfetch.engine import fetch
 from asyncfetch.options import FetchOptions
 from asyncfetch.resume import DoneSet, scan_output
-from asyncfetch.save import SaveError
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, InputFormat, InputReader, estimate_total
 from asyncfetch.state import StateError
@@ -181,7 +180,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
                 stats.add(record)
     except OSError as exc:
         raise CommandError(f"cannot write records: {exc.strerror or exc}") from None
-    except (SaveError, StateError) as exc:
+    except StateError as exc:  # the state store failed midway (a write)
         raise CommandError(str(exc)) from None
     except InputError as exc:  # an INPUT that became unreadable midway
         raise InputFailure(str(exc)) from None
