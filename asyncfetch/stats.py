@@ -178,6 +178,13 @@ class RunStats:
         if attempts:
             self._latency[int(math.log(max(elapsed_ms, _FLOOR_MS) / _FLOOR_MS) / _GROWTH)] += 1
 
+    def outcome_line(self) -> str:
+        """``N ok, N HTTP >= 400, N errors (kind N, ...)``: the one way outcomes are told."""
+        outcome = f"{self.ok:,} ok, {self.http_errors:,} HTTP >= 400, {self.failed:,} errors"
+        if self.errors:
+            outcome += " (" + ", ".join(f"{kind} {count:,}" for kind, count in self.errors.most_common()) + ")"
+        return outcome
+
     @property
     def failed(self) -> int:
         """Records with an error (a status of 400 or more is not one)."""

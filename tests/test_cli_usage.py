@@ -234,6 +234,7 @@ def test_the_command_modules_do_not_import_the_composition_root() -> None:
         "import sys\n"
         "import asyncfetch.cli.dist, asyncfetch.cli.fetch\n"
         "assert 'asyncfetch.cli.app' not in sys.modules, 'cli.app imported by a command module'\n"
+        "assert 'asyncfetch.cli.display' not in sys.modules, 'rich loaded before a bar or summary is due'\n"
         "import typer\n"
         "from asyncfetch.cli.app import build_app\n"
         "print(sorted(typer.main.get_command(build_app()).commands))\n"

@@ -107,14 +107,6 @@ class Interruption:
     resume: str | None  # the command that finishes the job, when there is one
 
 
-def outcome_line(stats: RunStats) -> str:
-    """``N ok, N HTTP >= 400, N errors (kind N, ...)``: the one way outcomes are told."""
-    outcome = f"{stats.ok:,} ok, {stats.http_errors:,} HTTP >= 400, {stats.failed:,} errors"
-    if stats.errors:
-        outcome += " (" + ", ".join(f"{kind} {count:,}" for kind, count in stats.errors.most_common()) + ")"
-    return outcome
-
-
 def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) -> str:
     """The closing summary: totals, outcomes, errors by kind, attempts, time, rate, latency, bytes, connections.
 
@@ -125,7 +117,7 @@ def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) 
     head = f"{stats.records:,} requests in {elapsed:.2f} s ({rate:,.0f}/s)"
     if interrupted is not None:
         head += ", interrupted"
-    outcome = outcome_line(stats)
+    outcome = stats.outcome_line()
     latency = ", ".join(
         f"p{int(q * 100)} {_ms(stats.percentile(q))}" for q in (0.5, 0.95, 0.99) if stats.percentile(q) is not None
     )

@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asyncfetch.cli import params as p
-from asyncfetch.cli.display import outcome_line
 from asyncfetch.cli.runner import RunControl, open_output, run_loop
 from asyncfetch.cli.status import CommandError, ExitStatus, UsageError, outcome_status
 from asyncfetch.resume import cut_torn_tail
@@ -189,7 +188,7 @@ def collect_command(values: p.Values) -> int:
         if writer.error is not None:
             raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
         if display.summary:
-            sys.stderr.write(f"asyncfetch: collected {stats.records:,} records: {outcome_line(stats)}\n")
+            sys.stderr.write(f"asyncfetch: collected {stats.records:,} records: {stats.outcome_line()}\n")
         return outcome_status(
             failed=stats.failed, http_errors=stats.http_errors, fail=values["fail"], interrupted=control.interrupted
         )
