@@ -9,9 +9,7 @@ import gzip
 import hashlib
 import json
 import os
-import socket
 import ssl
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,11 +19,10 @@ from typing import Any
 import h2.errors
 import pytest
 import trustme
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from tests.conftest import collect, records_of, run_cli
 from tests.h2server import H2FaultServer
+from tests.hypercorn_server import serving
 from tests.server import TestServer
 
 pytestmark = pytest.mark.anyio
@@ -102,25 +99,10 @@ async def _routes_app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture(scope="module")
 def hypercorn_h2(certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """hypercorn over TLS, speaking HTTP/2 to clients that offer it; yields its base URL."""
-    pem = tmp_path_factory.mktemp("hypercorn") / "server.pem"
-    certificate_authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{listener.detach()}"]  # bound here so the port is known; hypercorn owns it now
-    config.certfile = config.keyfile = str(pem)
-    config.keep_alive_timeout = 60
-    loop = asyncio.new_event_loop()
-    stopping = asyncio.Event()
-    app: Any = _routes_app
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(serve(app, config, shutdown_trigger=stopping.wait),), daemon=True
-    )
-    thread.start()
-    yield f"https://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(stopping.set)
-    thread.join(10)
-    loop.close()
+    with serving(
+        _routes_app, certificate_authority, tmp_path_factory.mktemp("hypercorn"), keep_alive_timeout=60
+    ) as url:
+        yield url
 
 
 @pytest.fixture(params=["HTTP/1.1", "HTTP/2"])

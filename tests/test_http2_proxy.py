@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from tests.conftest import collect, records_of, run_cli
+from tests.hypercorn_server import serving
 from tests.server import TestServer
 
 pytestmark = pytest.mark.anyio
@@ -35,24 +31,8 @@ async def _version_app(scope: Scope, receive: Receive, send: Send) -> None:
 @pytest.fixture(scope="module")
 def h2_server(certificate_authority: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An HTTPS server (hypercorn) that speaks HTTP/2 to clients that offer it; yields its base URL."""
-    pem = tmp_path_factory.mktemp("h2") / "server.pem"
-    certificate_authority.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{listener.detach()}"]  # bound here so the port is known; hypercorn owns it now
-    config.certfile = config.keyfile = str(pem)
-    loop = asyncio.new_event_loop()
-    stopping = asyncio.Event()
-    app: Any = _version_app
-    thread = threading.Thread(
-        target=loop.run_until_complete, args=(serve(app, config, shutdown_trigger=stopping.wait),), daemon=True
-    )
-    thread.start()
-    yield f"https://127.0.0.1:{port}"
-    loop.call_soon_threadsafe(stopping.set)
-    thread.join(10)
-    loop.close()
+    with serving(_version_app, certificate_authority, tmp_path_factory.mktemp("h2")) as url:
+        yield url
 
 
 async def test_http2_is_negotiated_with_a_server_that_offers_it(h2_server: str, ca_file: Path) -> None:
