@@ -5,7 +5,8 @@ Requests go to :class:`~asyncfetch.transport.ConnectionPool`, our own pool: HTTP
 ``--proxy`` or the ``*_PROXY`` variables, unless ``NO_PROXY`` names the host) go to an
 ``httpx.AsyncHTTPTransport`` made for that proxy; its failures to reach the proxy are told as
 such, naming the proxy but never its credentials. Without a proxy, routing costs one attribute
-test per request.
+test per request. With ``--timings`` a proxied request is timed from httpcore's trace events
+(:class:`ProxyPhases`), since httpx's transport is where its phases happen.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from asyncfetch.http import Origin
 from asyncfetch.options import FetchOptions, environment_proxies, proxy_label
-from asyncfetch.transport import ConnectionPool, connection_budget, tls_context
+from asyncfetch.transport import TIMER, ConnectionPool, PhaseTimer, connection_budget, tls_context
 
 
 class Client(httpx.AsyncBaseTransport):
@@ -65,10 +68,14 @@ class Client(httpx.AsyncBaseTransport):
             )
         # httpcore reads its deadlines from the request; the attempt's total deadline stays ours.
         connect = self._options.effective_connect_timeout
-        request.extensions = {
+        extensions = {
             **request.extensions,
             "timeout": {"connect": connect, "read": None, "write": None, "pool": None},
         }
+        timer: PhaseTimer | None = extensions.get(TIMER)
+        if timer is not None:
+            extensions["trace"] = ProxyPhases(timer)
+        request.extensions = extensions
         try:
             return await transport.handle_async_request(request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError) as exc:
@@ -89,6 +96,64 @@ class Client(httpx.AsyncBaseTransport):
         await self._pool.aclose()
         for transport in self._routed.values():
             await transport.aclose()
+
+
+class ProxyPhases:
+    """Fills a :class:`PhaseTimer` from httpcore's trace events, for a request through a proxy.
+
+    httpcore calls it (its ``trace`` request extension) as each step starts and completes, which
+    is where a proxied request's phases happen. What each phase means through a proxy:
+
+    - ``dns`` stays None: the proxy resolves the origin's name (an HTTP proxy always; httpcore's
+      SOCKS5 hands the proxy the name for ``socks5://`` as for ``socks5h://``). The lookup of the
+      proxy's own name, if it has one, happens inside the TCP connect and is counted there.
+    - ``connect``: from the TCP connect to the proxy until a byte stream to the origin is open:
+      the proxy's own TLS for an ``https://`` proxy, and the ``CONNECT`` exchange or the SOCKS5
+      handshake, are part of it (through a proxy, that is what connecting to the origin takes).
+    - ``tls``: the handshake with the origin, inside the tunnel; None for ``http://`` origins.
+    - ``sent`` / ``first_byte``: the request written, and the response head read (httpcore
+      reports nothing earlier than the whole head).
+
+    A request on a kept proxy connection (or tunnel) sees no connect events: ``connect`` and
+    ``tls`` stay None, as in our pool. The ``CONNECT`` request's own exchange is not the
+    request's: its send/receive events are skipped.
+    """
+
+    __slots__ = ("_clock", "_in_connect", "_opened", "_timer", "_tls_started")
+
+    def __init__(self, timer: PhaseTimer, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._timer = timer
+        self._clock = clock
+        self._opened: float | None = None  # when the TCP connect to the proxy started, until the stream is open
+        self._tls_started = 0.0
+        self._in_connect = False  # between a CONNECT's send and the next request's
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        now = self._clock()
+        # "connection.connect_tcp.started": the logger's last part, then the step and its state.
+        where, _, step = event.partition(".")
+        if step == "connect_tcp.started":
+            self._opened = now
+        elif step == "start_tls.started" and where != "connection":  # "connection": the proxy's own TLS
+            self._stream_open(now)
+            self._tls_started = now
+        elif step == "start_tls.complete" and where != "connection":
+            self._timer.tls = now - self._tls_started
+        elif step == "send_request_headers.started":
+            self._in_connect = info["request"].method == b"CONNECT"
+            if not self._in_connect:
+                self._stream_open(now)
+        elif self._in_connect:
+            pass
+        elif step == "receive_response_headers.started":  # after the body was written
+            self._timer.sent = now
+        elif step == "receive_response_headers.complete":
+            self._timer.first_byte = now
+
+    def _stream_open(self, now: float) -> None:
+        if self._opened is not None:
+            self._timer.connect = now - self._opened
+            self._opened = None
 
 
 def _proxy_failure(exc: httpx.TransportError, label: str, connect_timeout: float) -> httpx.TransportError:

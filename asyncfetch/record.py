@@ -103,7 +103,9 @@ class Timings:
     ``dns``, ``connect`` and ``tls`` are those of the connection that gave the final response,
     None when that phase did not happen (a reused connection, an IP address, plain HTTP, or a
     failure before it); ``ttfb`` is from the request sent to the first byte of the response;
-    ``total`` is the whole attempt (``elapsed_ms``).
+    ``total`` is the whole attempt (``elapsed_ms``). Through a proxy, ``dns`` is None (the proxy
+    resolves) and ``connect`` runs until the stream through the proxy is open (see
+    :class:`asyncfetch.client.ProxyPhases`).
     """
 
     dns: float | None = None

@@ -1,12 +1,19 @@
 """Proxies: validated before anything is fetched, scheme-less taken as http:// (as curl), a dead proxy
-named in its records, credentials never shown. Through squid and microsocks: tests/interop/test_proxies.py."""
+named in its records, credentials never shown, phases read from httpcore's trace events. Through squid and
+microsocks: tests/interop/test_proxies.py."""
 
 from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 import asyncfetch
+from asyncfetch.client import ProxyPhases
 from asyncfetch.options import parse_proxy
+from asyncfetch.transport import PhaseTimer
 from tests.conftest import collect, records_of, run_cli, unused_port
 from tests.server import TestServer
 
@@ -132,3 +139,70 @@ async def test_no_proxy_sends_a_host_direct(fresh_server: TestServer, monkeypatc
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     [record] = await collect([fresh_server.url("/ok")], retries=0)
     assert record.status == 200
+
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def _exchange(prefix: str, method: bytes) -> Events:
+    """httpcore's events for one request and its response head, on an open connection."""
+    request: dict[str, Any] = {"request": SimpleNamespace(method=method)}
+    return [
+        (f"{prefix}.send_request_headers.started", request),
+        (f"{prefix}.send_request_headers.complete", {}),
+        (f"{prefix}.send_request_body.started", request),
+        (f"{prefix}.send_request_body.complete", {}),
+        (f"{prefix}.receive_response_headers.started", request),
+        (f"{prefix}.receive_response_headers.complete", {}),
+    ]
+
+
+_TCP: Events = [("connection.connect_tcp.started", {}), ("connection.connect_tcp.complete", {})]
+_PROXY_TLS: Events = [("connection.start_tls.started", {}), ("connection.start_tls.complete", {})]
+_TUNNEL_TLS: Events = [("proxy.start_tls.started", {}), ("proxy.start_tls.complete", {})]
+_SOCKS: Events = [
+    ("socks.connect_tcp.started", {}),
+    ("socks.connect_tcp.complete", {}),
+    ("socks.setup_socks5_connection.started", {}),
+    ("socks.setup_socks5_connection.complete", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("events", "connect", "tls"),
+    [
+        # HTTPS through an HTTP proxy: TCP (ticks 1-2), CONNECT (3-8), the origin's TLS (9-10), the request.
+        (_TCP + _exchange("http11", b"CONNECT") + _TUNNEL_TLS + _exchange("http11", b"GET"), 8, 1),
+        # The same through an https:// proxy: its own TLS (3-4) is part of connect, not tls.
+        (_TCP + _PROXY_TLS + _exchange("http11", b"CONNECT") + _TUNNEL_TLS + _exchange("http2", b"GET"), 10, 1),
+        # Plain HTTP through SOCKS5: TCP and the SOCKS handshake (1-4); no TLS.
+        (_SOCKS + _exchange("http11", b"GET"), 4, None),
+        # Plain HTTP through an HTTP proxy, absolute form: TCP only.
+        (_TCP + _exchange("http11", b"GET"), 2, None),
+        # A kept connection or tunnel: nothing to connect.
+        (_exchange("http11", b"GET"), None, None),
+    ],
+    ids=["connect-tunnel", "https-proxy", "socks5", "forward", "kept"],
+)
+async def test_proxy_phases_follow_httpcore_events(events: Events, connect: int | None, tls: int | None) -> None:
+    """connect runs from the TCP connect to the proxy until the stream to the origin is open, CONNECT and
+    SOCKS handshakes included; tls is the origin's handshake alone; ttfb is the request's, not CONNECT's."""
+    timer = PhaseTimer()
+    ticks = itertools.count(1)
+    phases = ProxyPhases(timer, clock=lambda: float(next(ticks)))
+    for name, info in events:
+        await phases(name, info)
+    last = len(events)  # the request's response head: "started" at last - 1, "complete" at last
+    assert (timer.dns, timer.connect, timer.tls) == (None, connect, tls)
+    assert (timer.sent, timer.first_byte) == (last - 1, last)
+
+
+async def test_a_connect_exchange_is_not_the_requests_first_byte() -> None:
+    """When the origin's TLS fails inside the tunnel, ttfb stays null: the CONNECT's answer is the proxy's."""
+    timer = PhaseTimer()
+    ticks = itertools.count(1)
+    phases = ProxyPhases(timer, clock=lambda: float(next(ticks)))
+    events = [*_TCP, *_exchange("http11", b"CONNECT"), ("proxy.start_tls.started", {}), ("proxy.start_tls.failed", {})]
+    for name, info in events:
+        await phases(name, info)
+    assert (timer.connect, timer.tls, timer.sent, timer.first_byte) == (8, None, None, None)

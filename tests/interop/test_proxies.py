@@ -58,3 +58,42 @@ def test_wrong_proxy_credentials_are_a_record_and_never_printed(squid_proxy_auth
     assert record["status"] == 407
     assert b"hunter2" not in result.stdout + result.stderr
     assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("trust_ca")
+@pytest.mark.parametrize("proxy_name", ["squid_proxy", "socks_proxy"])
+@pytest.mark.parametrize("server_name", ["nginx", "nginx_tls"])
+async def test_proxied_requests_are_timed_phase_by_phase(
+    proxy_name: str, server_name: str, request: pytest.FixtureRequest
+) -> None:
+    """Through a proxy, a new connection has connect (to the proxy and through it), tls for an HTTPS origin
+    and ttfb, within total; dns is null (the proxy resolves). The next request, on the kept proxy connection
+    or tunnel, has null connect and tls (they did not happen) and its own ttfb."""
+    proxy: Proxy = request.getfixturevalue(proxy_name)
+    server: WebServer = request.getfixturevalue(server_name)
+    urls = [server.url("/1k.bin"), server.url("/100k.bin")]
+    first, second = await collect(urls, proxy=proxy.url, retries=0, timings=True, concurrency=1, ordered=True)
+    assert (first.error, second.error) == (None, None)
+    assert first.timings is not None
+    assert second.timings is not None
+    dns, connect, tls, ttfb, total = (
+        first.timings.dns,
+        first.timings.connect,
+        first.timings.tls,
+        first.timings.ttfb,
+        first.timings.total,
+    )
+    assert dns is None
+    assert connect is not None
+    assert ttfb is not None
+    assert total == first.elapsed_ms
+    assert (tls is not None) == server.tls
+    phases = [connect, ttfb] if tls is None else [connect, tls, ttfb]
+    assert min(phases) > 0
+    # Disjoint parts of one attempt: together no longer than it (each is rounded to a microsecond).
+    assert sum(phases) <= total + 0.001 * len(phases)
+    kept = second.timings
+    assert (kept.dns, kept.connect, kept.tls) == (None, None, None)
+    assert kept.ttfb is not None
+    assert kept.total is not None
+    assert kept.ttfb <= kept.total
