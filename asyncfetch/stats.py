@@ -139,9 +139,10 @@ class RunStats:
     errors: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     bytes_received: int = 0
-    # From the connection pool, once the run ends (records do not carry them).
-    connections_opened: int = 0
-    connections_reused: int = 0
+    # From the connection pool, once the run ends (records do not carry them); None where no
+    # pool was counted (the records of a queue, collected).
+    connections_opened: int | None = None
+    connections_reused: int | None = None
     _latency: Counter[int] = field(default_factory=Counter)
     # Per-host figures, only when a summary will show them (None: not kept).
     hosts: HostTable | None = None
@@ -223,8 +224,8 @@ class RunStats:
             "interrupted": interrupted,
             "latency_ms": {f"p{round(q * 100)}": _round(self.percentile(q)) for q in _QUANTILES},
             "connections": {
-                "opened": getattr(self, "connections_opened", None),
-                "reused": getattr(self, "connections_reused", None),
+                "opened": self.connections_opened,
+                "reused": self.connections_reused,
             },
         }
         table = self.hosts

@@ -589,6 +589,34 @@ def test_status_reports_counts_chunks_and_workers(redis_server: RedisServer, ser
     assert (other["queue"], other["queued"], other["done"]) == ("other", 1, 0)
 
 
+def test_collect_writes_the_whole_summary_as_json(
+    redis_server: RedisServer, server: TestServer, tmp_path: Path
+) -> None:
+    """collect --summary-json FILE: the one-machine summary object over the queue's records, hosts included;
+    connections are null (the records do not carry them)."""
+    lines = [server.url("/ok?a"), server.url("/ok?b"), server.url("/status/500"), "http://nowhere.invalid/"]
+    enqueue_ok(redis_server, "-", input="\n".join(lines) + "\n")
+    work = queue_cli(redis_server, "work", "--burst", "-q", "-r", "0")
+    assert work.returncode == 1, work.stderr  # the .invalid host is an error record
+    target = tmp_path / "summary.json"
+    result = queue_cli(redis_server, "collect", "-q", "--summary-json", str(target))
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(target.read_text(encoding="utf-8"))
+    assert (summary["requests"], summary["ok"], summary["http_errors"], summary["errors"]) == (4, 2, 1, 1)
+    assert summary["errors_by_kind"] == {"dns": 1}
+    assert summary["connections"] == {"opened": None, "reused": None}
+    host = server.url("/").split("://", 1)[1].rstrip("/")
+    assert summary["hosts"]["by_host"][host]["requests"] == 3
+    assert summary["hosts"]["most_failing"][0] == "nowhere.invalid"
+
+
+def test_collect_refuses_a_directory_for_the_summary_json(redis_server: RedisServer, tmp_path: Path) -> None:
+    """--summary-json naming a directory is a usage error before anything is collected."""
+    result = queue_cli(redis_server, "collect", "--summary-json", str(tmp_path))
+    assert result.returncode == 2
+    assert b"is a directory" in result.stderr
+
+
 # -- nothing lost, nothing doubled ------------------------------------------------------------------
 
 

@@ -254,3 +254,21 @@ def test_record_fields_lists_every_key_a_record_can_have_in_order() -> None:
 def test_fields_may_be_given_as_comma_separated_text() -> None:
     """fields="url, status" is the tuple ("url", "status"), as --fields writes it."""
     assert FetchOptions(fields="url, status").fields == ("url", "status")  # type: ignore[arg-type]
+
+
+# -- the summary, from the library ----------------------------------------------------------------
+async def test_the_library_builds_the_json_summary_from_its_records(server: TestServer) -> None:
+    """As the README shows: RunStats with a HostTable, given each record and the run's connection counts,
+    is --summary-json's object."""
+    from asyncfetch import fetch
+    from asyncfetch.stats import HostTable, RunStats
+
+    stats = RunStats(hosts=HostTable())
+    async with fetch([server.url("/ok"), server.url("/status/500")], concurrency=1, retries=0) as run:
+        async for record in run:
+            stats.add(record)
+    stats.connections_opened, stats.connections_reused = run.connections_opened, run.connections_reused
+    summary = stats.to_dict()
+    assert (summary["requests"], summary["ok"], summary["http_errors"], summary["errors"]) == (2, 1, 1, 0)
+    assert summary["connections"]["opened"] + summary["connections"]["reused"] == 2
+    assert summary["hosts"]["by_host"][server.url("/").split("://")[1].rstrip("/")]["requests"] == 2

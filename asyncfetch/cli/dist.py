@@ -14,13 +14,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asyncfetch.cli import params as p
-from asyncfetch.cli.runner import RunControl, open_output, run_loop
+from asyncfetch.cli.runner import RunControl, open_output, run_loop, write_summary_json
 from asyncfetch.cli.status import CommandError, ExitStatus, UsageError, outcome_status
 from asyncfetch.resume import cut_torn_tail
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import STDIN, InputError, LineReader, check_inputs, format_of
 from asyncfetch.spec import RequestShape
-from asyncfetch.stats import RunStats
+from asyncfetch.stats import HostTable, RunStats
 
 
 def _run_with_redis(main: Callable[[RunControl], Coroutine[Any, Any, int]], redis_url: str) -> int:
@@ -138,7 +138,7 @@ def work_command(values: p.Values) -> int:
     return _run_with_redis(main, redis_url)
 
 
-@p.command((*_QUEUE, "output", "follow_queue", "trim", "fail", "summary", "quiet"))
+@p.command((*_QUEUE, "output", "follow_queue", "trim", "fail", "summary", "summary_json", "quiet"))
 def collect_command(values: p.Values) -> int:
     """Write the records of a Redis queue as JSON lines, each exactly once."""
     from asyncfetch import distributed
@@ -146,6 +146,7 @@ def collect_command(values: p.Values) -> int:
     output = values["output"]
     if output is not None and output.is_dir():
         raise UsageError(f"--output {output}: is a directory")
+    summary_json = p.summary_json_path(values)
     display = p.display_choice(values)
     written = distributed.IndexBitmap()
     if output is not None and output.exists():
@@ -160,7 +161,8 @@ def collect_command(values: p.Values) -> int:
     redis_url = values["redis_url"]
 
     async def main(control: RunControl) -> int:
-        stats = RunStats()
+        # Per-host figures only for the JSON summary: the one-line summary does not show them.
+        stats = RunStats(hosts=HostTable() if summary_json is not None else None)
         fd = open_output(output, append=True) if output is not None else sys.stdout.fileno()
         writer = LineWriter(fd, on_closed=control.pipe_closed)
 
@@ -189,6 +191,8 @@ def collect_command(values: p.Values) -> int:
             raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
         if display.summary:
             sys.stderr.write(f"asyncfetch: collected {stats.records:,} records: {stats.outcome_line()}\n")
+        if summary_json is not None:
+            write_summary_json(summary_json, stats, interrupted=control.interrupted)
         return outcome_status(
             failed=stats.failed, http_errors=stats.http_errors, fail=values["fail"], interrupted=control.interrupted
         )

@@ -73,9 +73,7 @@ def fetch_command(values: p.Values, *, inputs: list[str] | None, version: bool) 
         raise UsageError("--resume needs --output FILE")
     if values["csv"] and values["tsv"]:
         raise UsageError("--csv and --tsv: choose one")
-    summary_json = values["summary_json"]
-    if summary_json is not None and summary_json.is_dir():
-        raise UsageError(f"--summary-json {summary_json}: is a directory")
+    summary_json = p.summary_json_path(values)
     options = values.options()
     try:
         SpecBuilder(options)  # checks the -H headers against the defaults

@@ -388,6 +388,14 @@ FETCH_OPTIONS = (
 DISPLAY_OPTIONS = ("progress", "summary", "summary_json", "quiet")
 
 
+def summary_json_path(values: Mapping[str, Any]) -> Path | None:
+    """``--summary-json FILE`` as given, refused before anything runs when FILE is a directory."""
+    path: Path | None = values["summary_json"]
+    if path is not None and path.is_dir():
+        raise UsageError(f"--summary-json {path}: is a directory")
+    return path
+
+
 class Values(dict[str, Any]):
     """The options a command was given, by name; :meth:`options` turns the engine's into FetchOptions."""
 
