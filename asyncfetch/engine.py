@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
@@ -38,7 +37,7 @@ from asyncfetch.transport import ConnectionPool
 from asyncfetch.worker import Worker
 
 if TYPE_CHECKING:
-    from asyncfetch.state import StateStore, Stored
+    from asyncfetch.state import Lookup, StateStore, Stored
 
 RequestItem = str | Mapping[str, Any] | ShapedLine | TableRow
 SkipCheck = Callable[[int, str], bool]
@@ -198,7 +197,9 @@ class _Engine:
         if options.state is not None:
             from asyncfetch.state import StateStore  # sqlite3 is loaded only when asked for
 
-            self._state = StateStore(options.state)
+            # Chunks of lookups well under what the scheduler holds: each is answered before
+            # a worker reaches its first request.
+            self._state = StateStore(options.state, chunk=capacity // 4)
         self._tasks: set[asyncio.Task[None]] = set()
         self._workers = 0
         self.output: deque[Record] = deque()
@@ -341,7 +342,7 @@ class _Engine:
                     self._resolve(i, None)
                     continue
                 if state is not None and spec.method == "GET":
-                    # Asked once taken in, answered by the store's thread long before a worker takes it.
+                    # Asked once taken in, answered (a chunk at a time) long before a worker takes it.
                     await scheduler.put(spec, functools.partial(state.lookup, spec.url))
                 else:
                     await scheduler.put(spec)
@@ -349,6 +350,8 @@ class _Engine:
                     self._workers += 1
                     self._spawn(self._work())
         finally:
+            if state is not None:
+                state.send_lookups()  # the last chunk is not going to fill
             scheduler.close()
 
     async def _work(self) -> None:
@@ -368,11 +371,10 @@ class _Engine:
                     self._resolve(job.spec.index, worker.refused(job.spec, job.attempts, down))
                     continue
                 stored: Stored | None = None
-                tracked = state is not None and job.stored is not None
-                if tracked:
-                    lookup = job.stored
-                    assert isinstance(lookup, asyncio.Future)
-                    stored = lookup.result() if lookup.done() else await lookup
+                lookup = cast("Lookup | None", job.stored)  # put with it by _feed: --state, a GET
+                tracked = state is not None and lookup is not None
+                if state is not None and lookup is not None:
+                    stored = await state.answer(lookup)
                 self.attempts_started += 1
                 outcome = await worker.attempt(job.spec, job.attempts, tracked=tracked, stored=stored)
                 record = outcome.record
@@ -393,8 +395,8 @@ class _Engine:
                     scheduler.retry(job, delay)
                     continue
                 scheduler.finish(job)
-                if tracked and state is not None:
-                    _remember(state, record, stored)
+                if state is not None and lookup is not None:
+                    state.update(lookup, record)
                 self._resolve(job.spec.index, record)
                 if len(self.output) >= _OUTPUT_HIGH_WATER:
                     await self._drained()
@@ -445,24 +447,6 @@ class _Engine:
         waiter = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(waiter)
         await waiter
-
-
-def _remember(state: StateStore, record: Record, stored: Stored | None) -> None:
-    """--state: keep what a complete, good response said; a failure keeps the last good validators."""
-    status = record.status
-    if record.error is not None or status is None or status >= 500 or status == 429:
-        return
-    from asyncfetch.state import Stored
-
-    if status == 304 and stored is not None:
-        sha256, saved_to = stored.sha256, stored.saved_to
-        etag = record.etag or stored.etag
-        last_modified = record.last_modified or stored.last_modified
-    else:
-        sha256, saved_to = record.sha256, record.saved_to
-        etag, last_modified = record.etag, record.last_modified
-    when = time.time()
-    state.remember(record.url, Stored(etag, last_modified, sha256, status, when, saved_to))
 
 
 async def _each(items: Iterable[RequestItem] | AsyncIterable[RequestItem]) -> AsyncIterator[RequestItem]:

@@ -7,12 +7,12 @@ it received and answers 304 only when the request's validators match its current
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 
 import asyncfetch
 from asyncfetch.state import StateError, StateStore, Stored
+from tests.cli_process import wait_for
 from tests.conftest import collect, records_of, run_cli
 from tests.server import TestServer
 
@@ -187,15 +188,104 @@ async def test_the_store_answers_what_it_was_told(tmp_path: Path) -> None:
     store = StateStore(state)
     store.start()
     stored = Stored('"x"', "Tue, 01 Dec 2026 00:00:00 GMT", "ab" * 32, 200, 1_700_000_000.5, "d/x.html")
-    store.remember("https://example.com/x", stored)
+    store.remember(store.lookup("https://example.com/x"), stored)
     await store.aclose()
     store = StateStore(state)
     store.start()
     try:
-        assert await store.lookup("https://example.com/x") == stored
-        assert await store.lookup("https://example.com/y") is None
+        known, unknown = store.lookup("https://example.com/x"), store.lookup("https://example.com/y")
+        assert await store.answer(known) == stored
+        assert await store.answer(unknown) is None
     finally:
         await store.aclose()
+
+
+def _statements(store: StateStore, verb: str) -> list[str]:
+    """Record the SQL statements starting with ``verb`` that the store's thread runs from now on."""
+    seen: list[str] = []
+    store._db.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith(verb) else None)
+    return seen
+
+
+async def test_lookups_are_answered_a_chunk_at_a_time(tmp_path: Path) -> None:
+    """Lookups wait for their chunk to fill (or an answer to be needed): 1,200 URLs, 3 SELECTs, right answers."""
+    state = tmp_path / "state.db"
+    urls = [f"https://example.com/{i}" for i in range(1_200)]
+    store = StateStore(state)
+    store.start()
+    for i, url in enumerate(urls[::2]):
+        store.remember(store.lookup(url), Stored(f'"{i}"', None, None, 200, 1_700_000_000.0))
+    await store.aclose()
+    store = StateStore(state, chunk=500)
+    selects = _statements(store, "SELECT")
+    store.start()
+    try:
+        lookups = [store.lookup(url) for url in urls[:499]]
+        await asyncio.sleep(0.1)
+        assert selects == []  # asked, but not sent: no thread hand-off of their own
+        lookups += [store.lookup(url) for url in urls[499:]]  # the 500th and the 1,000th send a chunk
+        answers = [await store.answer(lookup) for lookup in lookups]
+    finally:
+        await store.aclose()
+    assert len(selects) == 3  # two full chunks, and the last 200 sent when their answer was needed
+    assert [a.etag if a is not None else None for a in answers[:4]] == ['"0"', None, '"1"', None]
+    assert sum(a is not None for a in answers) == 600
+
+
+async def test_writes_close_together_share_one_commit(tmp_path: Path) -> None:
+    """2,000 updates made at once are written in one transaction, not one per update."""
+    store = StateStore(tmp_path / "state.db")
+    commits = _statements(store, "COMMIT")
+    store.start()
+    for i in range(2_000):
+        store.remember(store.lookup(f"https://example.com/{i}"), Stored(None, None, None, 200, 1_700_000_000.0))
+    await asyncio.sleep(0.5)  # the batch goes out on its own, before the run ends
+    assert len(commits) == 1
+    await store.aclose()
+    assert len(commits) == 1
+
+
+async def test_a_worker_cancelled_while_waiting_leaves_the_answer_to_the_others(tmp_path: Path) -> None:
+    """Two lookups of one chunk are awaited; cancelling one waiter does not cancel the other's answer."""
+    state = tmp_path / "state.db"
+    store = StateStore(state)
+    store.start()
+    stored = Stored('"b"', None, None, 200, 1_700_000_000.0)
+    store.remember(store.lookup("https://example.com/b"), stored)
+    await store.aclose()
+    store = StateStore(state)
+    store.start()
+    try:
+        first, second = store.lookup("https://example.com/a"), store.lookup("https://example.com/b")
+        cancelled = asyncio.create_task(store.answer(first))
+        waiting = asyncio.create_task(store.answer(second))
+        await asyncio.sleep(0)  # both are waiting for the chunk's answer now
+        cancelled.cancel()
+        assert await asyncio.wait_for(waiting, 10) == stored
+    finally:
+        await store.aclose()
+
+
+async def test_a_second_run_over_an_unchanged_list_writes_nothing(fresh_server: TestServer, tmp_path: Path) -> None:
+    """Every answer a 304 (or the same body, same validators): the file is not written, rows keep their time."""
+    state = tmp_path / "state.db"
+    urls = [fresh_server.url(f"/cond/w{i}") for i in range(20)] + [fresh_server.url("/cond/wn?validators=none")]
+
+    def rows() -> list[tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(state)) as db:
+            return db.execute("SELECT * FROM validators ORDER BY key").fetchall()
+
+    await run(urls, state)
+    before = rows()
+    assert len(before) == 21
+    second = await run(urls, state)
+    assert all(r["changed"] is False for r in second.values())
+    assert rows() == before  # fetched_at and status included: the rows still describe the first 200s
+    fresh_server.documents["w0"] = b"v2"
+    third = await run(urls, state)
+    assert third[urls[0]]["changed"] is True
+    changed = [row for row in rows() if row not in before]
+    assert len(changed) == 1  # only the changed resource was written
 
 
 _CHILD = textwrap.dedent(
@@ -214,6 +304,15 @@ _CHILD = textwrap.dedent(
 )
 
 
+def _committed(state: Path) -> int:
+    """Rows another process has committed to ``state`` so far (0 before the table exists)."""
+    with contextlib.closing(sqlite3.connect(state, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT count(*) FROM validators").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
 def test_the_state_survives_kill_9_mid_run(fresh_server: TestServer, tmp_path: Path) -> None:
     """A run killed with SIGKILL mid-way leaves a consistent file with (nearly) every record written, no lock."""
     state = tmp_path / "state.db"
@@ -223,7 +322,8 @@ def test_the_state_survives_kill_9_mid_run(fresh_server: TestServer, tmp_path: P
         assert child.stdout is not None
         printed = [child.stdout.readline() for _ in range(300)]
         assert all(printed), "the child ended early"
-        time.sleep(0.2)  # a few more batches: records printed by now are committed
+        # Written in batches while the run goes on (not only when it ends): then killed mid-run.
+        wait_for("300 rows committed by the running child", lambda: _committed(state) >= 300, timeout=30)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     with sqlite3.connect(state) as db:
