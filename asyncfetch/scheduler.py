@@ -7,6 +7,13 @@ or 503 with ``Retry-After`` is paused as a whole until then, ``--rate`` spaces r
 starts evenly (never more than R in any second, no bursts). Retries come back to the front
 of their host's queue after their backoff, without holding a worker while they wait.
 
+Hosts with nothing running come first: a host that already has a request in flight starts
+another (on a connection of its own) only when no other host is ready, and a host whose
+last running request just ended comes next of all, so that its next request takes the
+connection that request left idle. On a list of many hosts each host's requests follow one
+another over one kept connection instead of each paying a new TCP and TLS handshake, and
+few connections wait idle; a list of one host still runs on every worker.
+
 ``--per-host-rate R`` spaces the starts on each host 1/R apart (retries included): a host
 waiting for its next slot is simply not ready, a timer makes it ready again, and other hosts
 go on meanwhile. A host is remembered until its next slot has come, so a request arriving
@@ -52,11 +59,12 @@ class _Host:
         "breaker",
         "deferred",
         "down",
+        "in_busy",
+        "in_idle",
         "key",
         "last_start",
         "paused_until",
         "pending",
-        "ready",
         "slot_at",
         "slot_timer",
     )
@@ -67,7 +75,9 @@ class _Host:
         self.deferred = 0  # retries waiting out their backoff
         self.pending: deque[Job] = deque()
         self.paused_until = 0.0
-        self.ready = False  # in the scheduler's ready queue
+        # In the scheduler's queue of ready hosts with nothing running / with requests running.
+        self.in_idle = False
+        self.in_busy = False
         self.slot_at = 0.0  # --per-host-rate / --adaptive: no start on this host before then
         self.slot_timer = False  # a timer will make the host ready at its slot
         self.last_start = float("-inf")
@@ -127,7 +137,9 @@ class Scheduler:
         self._clock = clock
         self._next_start = 0.0
         self._hosts: dict[Origin, _Host] = {}
-        self._ready: deque[_Host] = deque()
+        # Ready hosts: those with nothing running are served first (see the module docstring).
+        self._ready_idle: deque[_Host] = deque()
+        self._ready_busy: deque[_Host] = deque()
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -191,10 +203,7 @@ class Scheduler:
         while True:
             if self._stopped:
                 return None
-            ready = self._ready
-            while ready:
-                host = ready.popleft()
-                host.ready = False
+            while host := self._next_ready():
                 if host.down is not None:
                     # Given up: hand its requests out at once, to be ended without a word sent.
                     job = host.pending.popleft()
@@ -298,7 +307,8 @@ class Scheduler:
     def _release(self, job: Job) -> None:
         host = job.host
         host.active -= 1
-        self._make_ready(host)
+        # Its connection has just gone idle: the host's next request goes before any other.
+        self._make_ready(host, first=True)
 
     def _requeue(self, job: Job) -> None:
         job.host.pending.appendleft(job)
@@ -361,8 +371,31 @@ class Scheduler:
         self._make_ready(host)
         self._forget_if_idle(host)
 
-    def _make_ready(self, host: _Host) -> None:
-        if host.ready or not host.pending or self._stopped:
+    def _next_ready(self) -> _Host | None:
+        """The next ready host: one with nothing running if there is one, else a busy one."""
+        # A host may be in both queues (it went idle while queued as busy): an entry whose
+        # requests were all taken by the other one is passed over.
+        idle, busy = self._ready_idle, self._ready_busy
+        while idle:
+            host = idle.popleft()
+            host.in_idle = False
+            if not host.pending:
+                continue
+            if host.active == 0 or host.down is not None:
+                return host
+            self._make_ready(host)  # it has started a request meanwhile (from the busy queue)
+        while busy:
+            host = busy.popleft()
+            host.in_busy = False
+            if host.pending:
+                return host
+        return None
+
+    def _make_ready(self, host: _Host, *, first: bool = False) -> None:
+        if not host.pending or self._stopped:
+            return
+        idle = host.active == 0 or host.down is not None
+        if host.in_idle or (host.in_busy and not idle):
             return
         if host.down is None:
             limit = self._limit_of(host)
@@ -374,8 +407,15 @@ class Scheduler:
             if host.slot_at > now:
                 self._wake_at_slot(host, now)
                 return
-        host.ready = True
-        self._ready.append(host)
+        if idle:
+            host.in_idle = True
+            if first:
+                self._ready_idle.appendleft(host)
+            else:
+                self._ready_idle.append(host)
+        else:
+            host.in_busy = True
+            self._ready_busy.append(host)
         if self._getters:
             self._wake_one(self._getters)
 

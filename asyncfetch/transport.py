@@ -41,6 +41,7 @@ import httptools
 import httpx
 
 from asyncfetch.http import DEFAULT_PORTS, IDEMPOTENT_METHODS, Origin, origin_of
+from asyncfetch.tlssession import SessionCache
 
 if TYPE_CHECKING:
     from asyncfetch.h2conn import H2Pool
@@ -52,8 +53,6 @@ FD_RESERVE = 64
 # Idle connections kept at most, for memory: an idle TLS connection holds 40-60 KB of heap
 # here (OpenSSL's state, its buffers, ours), so 1,024 of them stay under ~60 MB.
 MAX_IDLE = 1024
-# TLS sessions kept for resumption, one per origin (a few KB each: ticket and peer certificate).
-_MAX_SESSIONS = 1024
 # Plain bytes taken from the TLS layer per read call (a TLS record holds at most 16 KiB), and
 # encrypted bytes given to it at a time (a full record and its header).
 _TLS_READ = 64 * 1024
@@ -620,9 +619,8 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self._idle_order: OrderedDict[_Connection, None] = OrderedDict()
         self._active: set[_Connection] = set()
         self._opening = 0
-        # The last TLS session of each origin, so that its next connection resumes it (no
-        # certificate to verify again); bounded like the resolver's cache.
-        self._sessions: OrderedDict[Origin, ssl.SSLSession] = OrderedDict()
+        # TLS sessions to resume (no certificate to verify again): see asyncfetch.tlssession.
+        self._sessions = SessionCache(share=verify)
         self.tls_resumed = 0
         self.connections_opened = 0
         self.connections_reused = 0  # requests sent on a connection an earlier response left open
@@ -717,19 +715,18 @@ class ConnectionPool(httpx.AsyncBaseTransport):
     def release(self, connection: _Connection) -> None:
         """Take a connection back after its response: keep it for reuse, or close it."""
         self._active.discard(connection)
+        demand = self._demand
+        queued = demand is None or demand(connection.origin) > 0
+        if connection.owns_tls and not connection.session_captured:
+            self._keep_session(connection, queued)
         if not connection.reusable or self._max_connections == 0 or self._max_idle == 0:
             connection.close()
             return
-        demand = self._demand
-        if len(self._idle_order) >= self._speculative_idle and demand is not None and not demand(connection.origin):
+        if len(self._idle_order) >= self._speculative_idle and not queued:
             # Beyond a few, an idle connection is kept only for a host with requests queued: on a
             # list of one URL per host the rest would hold 40-60 KB each for nothing.
             connection.close()
             return
-        if connection.owns_tls and not connection.session_captured:
-            demand = self._demand
-            if demand is None or demand(connection.origin):
-                self._keep_session(connection)
         connection.idle_since = time.monotonic()
         self._idle.setdefault(connection.origin, deque()).append(connection)
         self._idle_order[connection] = None
@@ -738,21 +735,17 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         ):
             self._evict()
 
-    def _keep_session(self, connection: _Connection) -> None:
+    def _keep_session(self, connection: _Connection, queued: bool) -> None:
         # After a whole response, not at the handshake: a TLS 1.3 server sends its session
-        # tickets after the handshake, and they are read with the first response. Only for a
-        # host with requests queued (the caller checks): reading a session copies it through
-        # DER, certificate and all, ~14 % of the client's CPU on a list of one URL per host.
+        # tickets after the handshake, and they are read with the first response. Only when
+        # it will serve: its host has requests queued, or its server address has no session
+        # to share yet. Reading a session copies it through DER, certificate and all: ~14 %
+        # of the client's CPU on a list of one URL per host if done for every connection.
         connection.session_captured = True
-        assert connection.ssl_object is not None
-        session = connection.ssl_object.session
-        if session is None:
+        if not self._sessions.wants(connection.remote, for_origin=queued):
             return
-        sessions = self._sessions
-        sessions[connection.origin] = session
-        sessions.move_to_end(connection.origin)
-        if len(sessions) > _MAX_SESSIONS:
-            sessions.popitem(last=False)
+        assert connection.ssl_object is not None
+        self._sessions.keep(connection.ssl_object, connection.origin, connection.remote, for_origin=queued)
 
     def _evict(self) -> None:
         """Close the idle connection least likely to serve again.
@@ -925,7 +918,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         ``tls`` from the TCP connection to the end of the handshake.
         """
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(origin) if context is not None else None
+        session, shared = self._sessions.offer(origin, address) if context is not None else (None, False)
         _, connection = await loop.create_connection(
             lambda: _Connection(origin, loop, context, session), address, origin.port, family=family
         )
@@ -950,6 +943,8 @@ class ConnectionPool(httpx.AsyncBaseTransport):
             timer.tls = time.perf_counter() - connected
         if connection.ssl_object is not None and connection.ssl_object.session_reused:
             self.tls_resumed += 1
+        elif shared:
+            self._sessions.refused(address, origin.port)  # full handshake: its session replaces it
         return connection
 
     def _tls_context(self) -> ssl.SSLContext:

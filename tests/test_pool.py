@@ -72,6 +72,23 @@ async def test_connections_to_many_hosts_are_kept_for_their_next_requests(many_h
     assert (run.connections_opened, run.connections_reused) == (HOSTS, 4 * HOSTS)
 
 
+async def test_a_hosts_requests_follow_one_another_on_its_connection(many_hosts: TestServer) -> None:
+    """Three rounds over 40 hosts with one worker and room for 2 idle connections: one connection per host.
+
+    Taken round-robin, each host's connection would have been closed (40 idle needed) before
+    its next request; taken host after host, each request finds the one its predecessor left.
+    """
+    pool = ConnectionPool(max_idle=2)
+    urls = [f"{host}/ok" for _ in range(3) for host in many_hosts.hosts()]
+    try:
+        records = [r async for r in asyncfetch.fetch(urls, transport=pool, concurrency=1, retries=0)]
+    finally:
+        await pool.aclose()
+    assert [r.status for r in records] == [200] * len(urls)
+    assert many_hosts.stats.connections == HOSTS
+    assert (pool.connections_opened, pool.connections_reused) == (HOSTS, 2 * HOSTS)
+
+
 async def test_the_pool_never_holds_more_connections_than_its_bound(many_hosts: TestServer) -> None:
     """With room for 4 connections and 40 hosts, idle ones are closed to stay within 4, and all requests succeed."""
     pool = _CountingPool(max_connections=4)

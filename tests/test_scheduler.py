@@ -15,6 +15,7 @@ from typing import TypeVar
 import pytest
 
 import asyncfetch
+from asyncfetch.engine import LOOKAHEAD
 from asyncfetch.errors import ErrorKind
 from asyncfetch.options import FetchOptions
 from asyncfetch.scheduler import Job, Scheduler, host_key
@@ -101,9 +102,12 @@ async def test_queued_counts_a_hosts_requests_waiting_or_backing_off() -> None:
     assert scheduler.queued(a) == 2
     scheduler.retry(first, 30.0)
     assert scheduler.queued(a) == 3
-    second = await got(scheduler)  # b's
+    second = await got(scheduler)  # a's next: a has nothing running again
+    assert scheduler.queued(a) == 2
+    third = await got(scheduler)  # b's
+    scheduler.finish(third)
+    assert (scheduler.queued(a), scheduler.queued(b)) == (2, 0)
     scheduler.finish(second)
-    assert scheduler.queued(b) == 0
     scheduler.stop()
 
 
@@ -114,6 +118,25 @@ async def test_workers_take_requests_round_robin_over_ready_hosts() -> None:
     await put_all(scheduler, [f"{A}/{i}" for i in range(3)] + [f"{B}/{i}" for i in range(3)] + [f"{C}/0"])
     hosts = [(await got(scheduler)).spec.target.host[0] for _ in range(7)]
     assert hosts == ["a", "b", "c", "a", "b", "a", "b"]
+
+
+async def test_a_host_with_nothing_running_starts_before_a_second_request_to_a_busy_host() -> None:
+    """A host already running a request waits while another host with nothing running is ready."""
+    scheduler = Scheduler(capacity=100, clock=FakeClock())
+    await put_all(scheduler, [f"{A}/0", f"{A}/1"])
+    assert path_of(await got(scheduler)) == "/0"  # a is busy now, its /1 ready
+    await scheduler.put(spec(f"{B}/0"))
+    assert [(await got(scheduler)).spec.target.host[0] for _ in range(2)] == ["b", "a"]
+
+
+async def test_a_host_whose_request_just_ended_goes_next() -> None:
+    """When a host's last running request ends, its next one starts before other hosts (on its idle connection)."""
+    scheduler = Scheduler(capacity=100, clock=FakeClock())
+    await put_all(scheduler, [f"{A}/0", f"{A}/1", f"{B}/0", f"{C}/0"])
+    first = await got(scheduler)
+    assert first.spec.target.host == "a.example"
+    scheduler.finish(first)
+    assert [(await got(scheduler)).spec.target.host[0] for _ in range(3)] == ["a", "b", "c"]
 
 
 async def test_each_host_keeps_its_requests_in_input_order() -> None:
@@ -439,18 +462,6 @@ async def test_rate_is_shared_by_workers_asking_at_the_same_time() -> None:
 
 
 # -- through the engine, against local servers ------------------------------------------------------
-async def test_one_worker_alternates_between_hosts(fresh_server: TestServer, other_fresh_server: TestServer) -> None:
-    """With one worker, requests to two hosts start alternately, even when one host's are all listed first."""
-    urls = [fresh_server.url(f"/ok?a={i}") for i in range(4)] + [other_fresh_server.url(f"/ok?b={i}") for i in range(4)]
-    records = await collect(urls, concurrency=1)
-    assert all(record.ok for record in records)
-    starts = sorted(
-        [(seen.started, "a") for seen in fresh_server.stats.requests]
-        + [(seen.started, "b") for seen in other_fresh_server.stats.requests]
-    )
-    assert [host for _, host in starts] == ["a", "b"] * 4
-
-
 async def test_a_retry_backing_off_does_not_hold_the_only_worker(fresh_server: TestServer) -> None:
     """With one worker, the requests behind a 503 (no Retry-After) are fetched while its retry waits."""
     urls = [fresh_server.url("/flaky/sched-backoff?fail=1&status=503")] + [
@@ -481,9 +492,9 @@ async def test_endless_input_is_read_only_as_fast_as_requests_finish(fresh_serve
             records += 1
             if records == 50:
                 break
-    # The engine's lookahead is max(1024, 2 x concurrency): the read-ahead is a bounded
+    # The engine's lookahead is max(LOOKAHEAD, 2 x concurrency): the read-ahead is a bounded
     # constant, nowhere near "everything" (which would never end).
-    assert pulled <= records + 1024 + 4 + 1, pulled
+    assert pulled <= records + LOOKAHEAD + 4 + 1, pulled
 
 
 # -- --per-host-rate, --max-host-errors -----------------------------------------------------------
