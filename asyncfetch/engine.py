@@ -120,6 +120,12 @@ class FetchRun:
         pool = self._engine.pool
         return pool.connections_reused if pool is not None else 0
 
+    @property
+    def tls_resumed(self) -> int:
+        """New TLS connections of the built-in pool that resumed a session instead of a full handshake."""
+        pool = self._engine.pool
+        return pool.tls_resumed if pool is not None else 0
+
     def __aiter__(self) -> AsyncGenerator[Record, None]:
         if self._records is not None:
             raise RuntimeError("a fetch can be iterated only once")

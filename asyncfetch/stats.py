@@ -143,6 +143,7 @@ class RunStats:
     # pool was counted (the records of a queue, collected).
     connections_opened: int | None = None
     connections_reused: int | None = None
+    tls_resumed: int | None = None
     _latency: Counter[int] = field(default_factory=Counter)
     # Per-host figures, only when a summary will show them (None: not kept).
     hosts: HostTable | None = None
@@ -226,6 +227,7 @@ class RunStats:
             "connections": {
                 "opened": self.connections_opened,
                 "reused": self.connections_reused,
+                "tls_resumed": self.tls_resumed,
             },
         }
         table = self.hosts

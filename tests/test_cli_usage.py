@@ -180,6 +180,14 @@ def test_the_interrupted_summary_without_output_file_says_how_to_be_resumable() 
     assert "--resume" in text
 
 
+def test_the_summary_counts_connections_and_resumed_tls_sessions() -> None:
+    stats = RunStats()
+    stats.connections_opened, stats.connections_reused, stats.tls_resumed = 12, 30, 9
+    assert "12 connections opened (9 resumed a TLS session), 30 requests on a reused one" in format_summary(stats)
+    stats.tls_resumed = 0
+    assert "12 connections opened, 30 requests on a reused one" in format_summary(stats)
+
+
 # -- the bar ----------------------------------------------------------------------------------------------
 def _render_bar(width: int, *, errors: int, total: int | None) -> Console:
     stats = RunStats()

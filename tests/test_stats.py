@@ -85,7 +85,7 @@ def test_the_summary_object_is_json_with_totals_kinds_percentiles_and_hosts() ->
     assert summary["interrupted"] is True
     assert set(summary["latency_ms"]) == {"p50", "p90", "p95", "p99"}
     assert summary["bytes"] == 0
-    assert set(summary["connections"]) == {"opened", "reused"}
+    assert set(summary["connections"]) == {"opened", "reused", "tls_resumed"}
     hosts = summary["hosts"]
     assert hosts["tracked"] == 2
     assert hosts["by_host"]["a.test"]["requests"] == 2

@@ -130,8 +130,9 @@ def format_summary(stats: RunStats, *, interrupted: Interruption | None = None) 
     ]
     if stats.connections_opened or stats.connections_reused:
         lines.append(
-            f"  {stats.connections_opened:,} connection{'s' if stats.connections_opened != 1 else ''} opened, "
-            f"{stats.connections_reused:,} request{'s' if stats.connections_reused != 1 else ''} on a reused one"
+            f"  {stats.connections_opened:,} connection{'s' if stats.connections_opened != 1 else ''} opened"
+            + (f" ({stats.tls_resumed:,} resumed a TLS session)" if stats.tls_resumed else "")
+            + f", {stats.connections_reused:,} request{'s' if stats.connections_reused != 1 else ''} on a reused one"
         )
     lines += _host_lines(stats)
     if interrupted is not None:

@@ -191,6 +191,7 @@ async def _fetch(plan: Plan, out_fd: int, done: DoneSet | None, control: RunCont
     if writer.error is not None:
         raise CommandError(f"cannot write records: {writer.error.strerror or writer.error}")
     stats.connections_opened, stats.connections_reused = run.connections_opened, run.connections_reused
+    stats.tls_resumed = run.tls_resumed
     if plan.summary:
         from asyncfetch.cli.display import Interruption, format_summary
 
