@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -107,9 +108,24 @@ def _keep_freed_heap() -> None:
         pass  # not glibc (musl has no mallopt): nothing to tune
 
 
+def _collect_cycles_less_often() -> None:
+    """Tune the cyclic garbage collector for a run: ~5 % less CPU per request over HTTPS.
+
+    What was imported lives as long as the process: frozen, full collections no longer walk
+    it. And a run allocates millions of short-lived objects (requests, futures, records) that
+    reference counting frees; collecting the young generation every 10,000 allocations
+    instead of 700 still finds the rare cycles (an exception and its traceback) soon enough.
+    Measured with callgrind on 600 HTTPS hosts: 5.83 to 5.55 M instructions per request.
+    The CLI's choice for its own process; the library leaves the collector as it finds it.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def run_loop(main: Callable[[RunControl], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on uvloop (where installed) with SIGINT/SIGTERM setting its stop event."""
     _keep_freed_heap()
+    _collect_cycles_less_often()
     # Name lookups run in threads (libuv's pool under uvloop, the default executor otherwise):
     # the default 4 to 6 of them would make DNS the bottleneck of a list across many hosts.
     os.environ.setdefault("UV_THREADPOOL_SIZE", str(_RESOLVER_THREADS))
