@@ -151,7 +151,9 @@ def run(asyncfetch: str, n: int, args: argparse.Namespace) -> Result:
     progress = Progress()
     port_socket = closed_port()
     port = port_socket.getsockname()[1]
-    cmd = [asyncfetch, "-r", "0", "-q"] + (["--csv"] if args.csv else [])
+    # --max-host-errors 0: every refused request takes the whole request path (the breaker
+    # would otherwise end the rest of them at once after the first 50 on the one host).
+    cmd = [asyncfetch, "-r", "0", "-q", "--max-host-errors", "0"] + (["--csv"] if args.csv else [])
     if args.concurrency:
         cmd += ["-c", str(args.concurrency)]
     stop = threading.Event()
