@@ -347,7 +347,9 @@ class _Connection(asyncio.Protocol):
                 handshake.set_exception(exc)
             self.close()
             return
-        self._flush_tls()
+        # Done: our last flight (TLS 1.3's Finished) waits in the BIO and leaves with the
+        # request, which follows at once: one write, one packet and one wake-up of the
+        # server fewer per new connection. Anything the server sends first flushes it too.
         if not handshake.done():
             handshake.set_result(None)
 
@@ -360,8 +362,8 @@ class _Connection(asyncio.Protocol):
         if handshake is not None and not handshake.done():
             tls_in.write(data)
             self._handshake_step()
-            if not handshake.done() or handshake.exception() is not None:
-                return b""
+            if not handshake.done() or handshake.exception() is not None or not tls_in.pending:
+                return b""  # (done and nothing more: our Finished waits for the request)
             data = b""
         chunks = []
         view = memoryview(data)

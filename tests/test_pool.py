@@ -12,12 +12,13 @@ import hashlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 import asyncfetch
+from asyncfetch import transport as transport_module
 from asyncfetch.http import Origin
 from asyncfetch.transport import ConnectionPool, Resolver, connection_budget
 from tests.conftest import collect
@@ -200,6 +201,47 @@ async def test_a_second_connection_to_a_tls_host_resumes_its_session(
     assert [r.status_code for r in both] == [200, 200]
     assert pool.connections_opened == 2
     assert pool.tls_resumed == 1
+
+
+class _WriteCounter:
+    """Stands for a connection's transport, noting what each write carries."""
+
+    def __init__(self, transport: Any, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_a_new_tls_connection_sends_its_finished_message_with_the_request(
+    tls_server: TestServer, ca_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new TLS 1.3 connection writes twice before its response: the ClientHello, then its Finished and the request."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    writes: list[bytes] = []
+    made = transport_module._Connection.connection_made
+
+    def counted(self: Any, transport: Any) -> None:
+        made(self, cast(asyncio.BaseTransport, _WriteCounter(transport, writes)))
+
+    monkeypatch.setattr(transport_module._Connection, "connection_made", counted)
+    pool = ConnectionPool()
+    try:
+        async with httpx.AsyncClient(transport=pool) as client:
+            response = await client.get(tls_server.url("/ok"))
+            assert response.status_code == 200
+            ssl_object = response.extensions[transport_module.SSL_OBJECT]
+            assert ssl_object.version() == "TLSv1.3"
+    finally:
+        await pool.aclose()
+    assert len(writes) == 2, [len(data) for data in writes]
+    assert writes[0][0] == 0x16  # a TLS handshake record: the ClientHello
+    assert len(writes[1]) > 2 * 22  # Finished (a record of its own) and the request's record after it
 
 
 async def test_a_large_body_over_tls_arrives_whole(
