@@ -55,6 +55,13 @@ class Failure:
     message: str
 
 
+class StateError(Exception):
+    """The state file cannot be used (not ours, in use by another run, unwritable): a usage error.
+
+    Raised by :mod:`asyncfetch.state`; declared here so that catching it does not load sqlite3.
+    """
+
+
 class FetchError(Exception):
     """An expected failure of one request, raised inside the engine until it becomes a record."""
 

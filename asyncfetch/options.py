@@ -22,7 +22,6 @@ import os
 import re
 import types
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -104,6 +103,8 @@ def proxy_label(url: str) -> str:
 def environment_proxies() -> dict[str, str]:
     """The ``*_PROXY`` variables (``http``, ``https``, ``all``) as urllib reads them, each checked
     and completed like ``--proxy``; ``no`` (``NO_PROXY``) as it is. Raises ValueError naming the variable."""
+    import urllib.request  # here: it loads http.client, ssl and email, which --help does not need
+
     proxies = {}
     for scheme, value in urllib.request.getproxies_environment().items():
         if scheme == "no":

@@ -17,7 +17,6 @@ module as RFC 4180 (quoted fields, embedded newlines): each row becomes a
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import os
 import stat
@@ -209,6 +208,8 @@ class InputReader:
         return not last or self._deliver(loop, last)
 
     def _read_table(self, chunks: Iterator[bytes], delimiter: str, name: str, loop: asyncio.AbstractEventLoop) -> bool:
+        import csv  # here: only tables need it
+
         reader = csv.reader(_text_lines(chunks), delimiter=delimiter, strict=True)
         try:
             header = next(reader, None)

@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from asyncfetch.record import Record
 
+from asyncfetch.errors import StateError
+
 # "afst" as a big-endian integer: SQLite's application_id marks the file as ours.
 APPLICATION_ID = 0x61667374
 SCHEMA_VERSION = 1
@@ -81,10 +83,6 @@ _UPSERT = (
     "INSERT OR REPLACE INTO validators (key, etag, last_modified, sha256, status, fetched_at, saved_to)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-class StateError(Exception):
-    """The state file cannot be used (not ours, in use by another run, unwritable): a usage error."""
 
 
 @dataclass(frozen=True, slots=True)

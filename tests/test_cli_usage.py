@@ -265,3 +265,66 @@ def test_every_engine_option_sets_a_fetch_options_field_and_takes_its_default() 
             assert param.cli_default() == fields[param.field], param.name
         else:
             assert param.cli_default() is None, param.name
+
+
+# -- start-up: what each command line loads (no timing: which modules, which a test can pin) ------------------
+def _modules_after_main(*args: str) -> set[str]:
+    """The modules loaded once ``asyncfetch ARGS`` has run to its exit, in a fresh interpreter."""
+    probe = (
+        "import json, sys\n"
+        "from asyncfetch.cli import main\n"
+        "try:\n"
+        f"    main({list(args)!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    marker = result.stderr.rfind(b"\nMODULES ")
+    assert marker >= 0, result.stderr
+    names: list[str] = json.loads(result.stderr[marker + len(b"\nMODULES ") :])
+    return set(names)
+
+
+# Loaded only by the runs that need them (--state, --tls, --http2, a queue command, a bar or
+# summary, a CSV table, an interrupted run's --resume line).
+_ONLY_WHEN_ASKED = {
+    "sqlite3",
+    "asyncfetch.state",
+    "cryptography",
+    "asyncfetch.tlsfacts",
+    "h2",
+    "asyncfetch.h2conn",
+    "redis",
+    "asyncfetch.distributed",
+    "asyncfetch.cli.dist",
+    "asyncfetch.cli.display",
+    "csv",
+    "shlex",
+}
+
+
+def test_a_plain_run_loads_nothing_only_some_runs_need(tmp_path: Path) -> None:
+    """A one-URL run loads no SQLite, TLS certificate parser, HTTP/2, Redis, queue command, rich display,
+    csv or shlex; a --state run does load the state store (the probe sees what a run loads)."""
+    url = "http://127.0.0.1:1/"  # refused at once: a record, no network
+    assert _modules_after_main("-q", "-r", "0", url) & _ONLY_WHEN_ASKED == set()
+    with_state = _modules_after_main("-q", "-r", "0", "--state", str(tmp_path / "state.db"), url)
+    assert {"sqlite3", "asyncfetch.state"} <= with_state
+
+
+def test_help_and_version_load_no_engine() -> None:
+    """--help loads neither the engine (httpx, asyncio) nor the queue commands; --version not even
+    typer or the typing module (a third of its start-up)."""
+    helped = _modules_after_main("--help")
+    assert {"httpx", "asyncio", "asyncfetch.engine", "asyncfetch.cli.dist", "urllib.request"} & helped == set()
+    assert "asyncfetch.cli.fetch" in helped  # the probe ran the command
+    version = _modules_after_main("--version")
+    assert {"typer", "typing", "asyncfetch.cli.app"} & version == set()

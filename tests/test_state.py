@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 import asyncfetch
-from asyncfetch.state import StateError, StateStore, Stored
+from asyncfetch.errors import StateError
+from asyncfetch.state import StateStore, Stored
 from tests.cli_process import wait_for
 from tests.conftest import collect, records_of, run_cli
 from tests.server import TestServer

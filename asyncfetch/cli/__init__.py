@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -16,6 +15,8 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.stdout.write(f"asyncfetch {__version__}\n")
         sys.exit(0)
+    import contextlib
+
     from asyncfetch.cli.app import run
 
     status = run(args)

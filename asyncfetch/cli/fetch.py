@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from asyncfetch._version import __version__
 from asyncfetch.cli import params as p
-from asyncfetch.cli.runner import Plan, execute
 from asyncfetch.cli.status import PROG, UsageError
-from asyncfetch.source import STDIN, Input, InputError, RequestArgument, check_inputs
-from asyncfetch.spec import SpecBuilder
+
+if TYPE_CHECKING:
+    from asyncfetch.source import Input
 
 # `example.com`, `example.com:8080/x`, `localhost:3000`: a host name, an optional port and path.
 _BARE_HOST = re.compile(r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)(:\d+)?([/?#].*)?$")
@@ -29,6 +29,8 @@ def as_input(arg: str) -> Input:
     ``localhost:8080``) when no file of that name exists and it does not end like a list file
     (``.txt``, ``.csv``, ...): a mistyped ``urls.txt`` is reported as missing, not fetched.
     """
+    from asyncfetch.source import STDIN, RequestArgument
+
     if arg == STDIN or os.path.exists(arg):
         return arg
     if "://" in arg:
@@ -63,6 +65,11 @@ _VERSION: Any = (
 def fetch_command(values: p.Values, *, inputs: list[str] | None, version: bool) -> int:
     """Fetch every request of the INPUTs concurrently; one JSON record per request on stdout."""
     del version  # answered by its callback
+    # The engine (httpx, asyncio) is imported here, not with the module: --help never loads it.
+    from asyncfetch.cli.runner import Plan, execute
+    from asyncfetch.source import InputError, check_inputs
+    from asyncfetch.spec import SpecBuilder
+
     given = [as_input(arg) for arg in inputs or []]
     # No INPUT at all and a terminal on stdin: never wait silently. An explicit `-` is a request
     # to read the terminal, and is honoured.

@@ -26,7 +26,6 @@ import typer
 
 from asyncfetch.cli.status import UsageError
 from asyncfetch.options import FetchOptions, environment_proxies, format_size, parse_header, parse_size
-from asyncfetch.source import STDIN
 
 INPUT = "Input"
 REQUEST = "Requests"
@@ -129,6 +128,8 @@ def _headers(texts: list[str]) -> tuple[tuple[str, str], ...]:
 def _data(text: str) -> bytes:
     if not text.startswith("@"):
         return text.encode("utf-8")
+    from asyncfetch.source import STDIN
+
     path = text[1:]
     if path == STDIN:
         raise ValueError("-d @- is not supported: standard input carries the requests")

@@ -13,7 +13,6 @@ import gc
 import json
 import os
 import resource
-import shlex
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -24,11 +23,11 @@ from typing import Any
 
 from asyncfetch.cli.status import CommandError, ExitStatus, InputFailure, UsageError, outcome_status, warn
 from asyncfetch.engine import fetch
+from asyncfetch.errors import StateError
 from asyncfetch.options import FetchOptions
 from asyncfetch.resume import DoneSet, scan_output
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, InputFormat, InputReader, estimate_total
-from asyncfetch.state import StateError
 from asyncfetch.stats import HostTable, RunStats
 from asyncfetch.transport import MAX_IDLE
 
@@ -252,6 +251,8 @@ def resume_command(plan: Plan) -> str | None:
     """The command that finishes an interrupted run: this one with ``--resume`` (needs ``-o``)."""
     if plan.output is None or not plan.argv:
         return None
+    import shlex
+
     args = list(plan.argv)
     if not plan.resume:
         args.insert(0, "--resume")
