@@ -919,6 +919,37 @@ async def test_a_worker_loop_that_dies_on_a_bug_ends_the_worker_with_that_error(
         await client.aclose()
 
 
+def test_work_exits_1_with_the_error_when_its_heartbeat_dies(
+    redis_server: RedisServer, server: TestServer, tmp_path: Path
+) -> None:
+    """`asyncfetch work` whose heartbeat dies on a bug exits 1 with that error on stderr, before the
+    queue is done: it neither hangs nor fetches on with nobody telling Redis it is alive."""
+    urls = write_lines(tmp_path / "urls.txt", [server.url(f"/sleep/500?i={i}") for i in range(8)])
+    enqueue_ok(redis_server, "--chunk-size", "2", str(urls))
+    # The CLI in a child process with the heartbeat replaced by a bug (a monkeypatch cannot reach it).
+    probe = (
+        "import sys\n"
+        "from asyncfetch.distributed.worker import QueueWorker\n"
+        "async def broken_beat(self):\n"
+        "    raise RuntimeError('bug in the heartbeat')\n"
+        "QueueWorker._beat = broken_beat\n"
+        "from asyncfetch.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["work", "--redis", redis_server.url, "--burst", "-q", "-c", "2", "--claim-after", "0.3"]
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert b"RuntimeError: bug in the heartbeat" in result.stderr
+    assert done_count(redis_server) < 8  # it stopped at the failure, not after the whole queue
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("loop", ["_beat", "_write"])
 async def test_a_redis_error_in_a_worker_loop_is_retried(

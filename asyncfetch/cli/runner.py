@@ -19,17 +19,19 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asyncfetch.cli.status import CommandError, ExitStatus, InputFailure, UsageError, outcome_status, warn
 from asyncfetch.engine import fetch
 from asyncfetch.errors import StateError
 from asyncfetch.options import FetchOptions
-from asyncfetch.resume import DoneSet, scan_output
 from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, InputFormat, InputReader, estimate_total
 from asyncfetch.stats import HostTable, RunStats
 from asyncfetch.transport import MAX_IDLE
+
+if TYPE_CHECKING:
+    from asyncfetch.resume import DoneSet
 
 # File descriptors kept for everything that is not a connection (inputs, output, loop, DNS).
 _FD_RESERVE = 64
@@ -159,6 +161,8 @@ def execute(plan: Plan) -> int:
     if plan.output is not None:
         try:
             if plan.resume:
+                from asyncfetch.resume import scan_output
+
                 done = scan_output(str(plan.output))
             out_fd = open_output(plan.output, append=plan.resume)
         except OSError as exc:
