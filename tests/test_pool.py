@@ -62,6 +62,14 @@ class _CountingPool(ConnectionPool):
         return await super()._attempt(origin, family, address, context, *timing)
 
 
+async def _fetch_through(pool: ConnectionPool, urls: list[str], *, concurrency: int) -> list[asyncfetch.Record]:
+    """Every record of a fetch over ``pool`` (closed afterwards), in completion order."""
+    try:
+        return [r async for r in asyncfetch.fetch(urls, transport=pool, concurrency=concurrency, retries=0)]
+    finally:
+        await pool.aclose()
+
+
 async def test_connections_to_many_hosts_are_kept_for_their_next_requests(many_hosts: TestServer) -> None:
     """Five rounds over 40 hosts with 8 in flight open one connection per host, not one per request."""
     urls = [f"{host}/ok" for _ in range(5) for host in many_hosts.hosts()]
@@ -81,10 +89,7 @@ async def test_a_hosts_requests_follow_one_another_on_its_connection(many_hosts:
     """
     pool = ConnectionPool(max_idle=2)
     urls = [f"{host}/ok" for _ in range(3) for host in many_hosts.hosts()]
-    try:
-        records = [r async for r in asyncfetch.fetch(urls, transport=pool, concurrency=1, retries=0)]
-    finally:
-        await pool.aclose()
+    records = await _fetch_through(pool, urls, concurrency=1)
     assert [r.status for r in records] == [200] * len(urls)
     assert many_hosts.stats.connections == HOSTS
     assert (pool.connections_opened, pool.connections_reused) == (HOSTS, 2 * HOSTS)
@@ -94,10 +99,7 @@ async def test_the_pool_never_holds_more_connections_than_its_bound(many_hosts: 
     """With room for 4 connections and 40 hosts, idle ones are closed to stay within 4, and all requests succeed."""
     pool = _CountingPool(max_connections=4)
     urls = [f"{host}/bytes/1000" for _ in range(3) for host in many_hosts.hosts()]
-    try:
-        records = [r async for r in asyncfetch.fetch(urls, transport=pool, concurrency=4, retries=0)]
-    finally:
-        await pool.aclose()
+    records = await _fetch_through(pool, urls, concurrency=4)
     assert [r.status for r in records] == [200] * len(urls)
     assert many_hosts.stats.connections > 4  # it had to close and reopen
     assert len(pool.open_when_connecting) == pool.connections_opened

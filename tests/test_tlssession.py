@@ -152,9 +152,16 @@ def named_tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
     running.stop()
 
 
-async def _get_each(pool: ConnectionPool, urls: list[str]) -> list[int]:
-    async with httpx.AsyncClient(transport=pool) as client:
-        return [(await client.get(url)).status_code for url in urls]
+async def _resumed(server: TestServer, hosts: list[str], *, verify: bool = True) -> tuple[int, int]:
+    """Connections opened and TLS sessions resumed for one request to each host in turn (all answered 200)."""
+    pool = ConnectionPool(resolver=_Names(), verify=verify)
+    try:
+        async with httpx.AsyncClient(transport=pool) as client:
+            for host in hosts:
+                assert (await client.get(f"https://{host}:{server.port}/ok")).status_code == 200
+    finally:
+        await pool.aclose()
+    return pool.connections_opened, pool.tls_resumed
 
 
 async def test_a_host_covered_by_a_servers_certificate_resumes_that_servers_session(
@@ -162,14 +169,8 @@ async def test_a_host_covered_by_a_servers_certificate_resumes_that_servers_sess
 ) -> None:
     """b. and c.shared.test, at the address that showed a ``*.shared.test`` certificate, resume its session."""
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    pool = ConnectionPool(resolver=_Names())
-    port = named_tls_server.port
-    urls = [f"https://{host}.shared.test:{port}/ok" for host in ("a", "b", "c")]
-    try:
-        assert await _get_each(pool, urls) == [200, 200, 200]
-    finally:
-        await pool.aclose()
-    assert (pool.connections_opened, pool.tls_resumed) == (3, 2)
+    hosts = ["a.shared.test", "b.shared.test", "c.shared.test"]
+    assert await _resumed(named_tls_server, hosts) == (3, 2)
 
 
 async def test_a_host_the_certificate_does_not_cover_gets_a_full_verified_handshake(
@@ -177,14 +178,7 @@ async def test_a_host_the_certificate_does_not_cover_gets_a_full_verified_handsh
 ) -> None:
     """other.test at the same address is not offered the ``*.shared.test`` session: its own certificate is verified."""
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    pool = ConnectionPool(resolver=_Names())
-    port = named_tls_server.port
-    urls = [f"https://a.shared.test:{port}/ok", f"https://other.test:{port}/ok"]
-    try:
-        assert await _get_each(pool, urls) == [200, 200]
-    finally:
-        await pool.aclose()
-    assert (pool.connections_opened, pool.tls_resumed) == (2, 0)
+    assert await _resumed(named_tls_server, ["a.shared.test", "other.test"]) == (2, 0)
 
 
 async def test_with_verification_off_no_session_is_shared(
@@ -192,11 +186,4 @@ async def test_with_verification_off_no_session_is_shared(
 ) -> None:
     """With -k no certificate was checked, so no name is known to be covered: each host gets a full handshake."""
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    pool = ConnectionPool(resolver=_Names(), verify=False)
-    port = named_tls_server.port
-    urls = [f"https://{host}.shared.test:{port}/ok" for host in ("a", "b")]
-    try:
-        assert await _get_each(pool, urls) == [200, 200]
-    finally:
-        await pool.aclose()
-    assert pool.tls_resumed == 0
+    assert await _resumed(named_tls_server, ["a.shared.test", "b.shared.test"], verify=False) == (2, 0)
