@@ -604,7 +604,7 @@ def test_collect_writes_the_whole_summary_as_json(
     summary = json.loads(target.read_text(encoding="utf-8"))
     assert (summary["requests"], summary["ok"], summary["http_errors"], summary["errors"]) == (4, 2, 1, 1)
     assert summary["errors_by_kind"] == {"dns": 1}
-    assert summary["connections"] == {"opened": None, "reused": None}
+    assert summary["connections"] == {"opened": None, "reused": None, "tls_resumed": None}
     host = server.url("/").split("://", 1)[1].rstrip("/")
     assert summary["hosts"]["by_host"][host]["requests"] == 3
     assert summary["hosts"]["most_failing"][0] == "nowhere.invalid"
