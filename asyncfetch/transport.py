@@ -743,9 +743,9 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         # it will serve: its host has requests queued, or its server address has no session
         # to share yet. Reading a session copies it through DER, certificate and all: ~14 %
         # of the client's CPU on a list of one URL per host if done for every connection.
-        connection.session_captured = True
         if not self._sessions.wants(connection.remote, for_origin=queued):
-            return
+            return  # asked again at its next release
+        connection.session_captured = True
         assert connection.ssl_object is not None
         self._sessions.keep(connection.ssl_object, connection.origin, connection.remote, for_origin=queued)
 
