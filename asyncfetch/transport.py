@@ -718,13 +718,13 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         """Take a connection back after its response: keep it for reuse, or close it."""
         self._active.discard(connection)
         demand = self._demand
-        queued = demand is None or demand(connection.origin) > 0
         if connection.owns_tls and not connection.session_captured:
-            self._keep_session(connection, queued)
+            self._keep_session(connection, demand is None or demand(connection.origin) > 0)
         if not connection.reusable or self._max_connections == 0 or self._max_idle == 0:
             connection.close()
             return
-        if len(self._idle_order) >= self._speculative_idle and not queued:
+        # The queue is asked only past speculative_idle: not once per response on one host.
+        if len(self._idle_order) >= self._speculative_idle and demand is not None and not demand(connection.origin):
             # Beyond a few, an idle connection is kept only for a host with requests queued: on a
             # list of one URL per host the rest would hold 40-60 KB each for nothing.
             connection.close()
