@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 import asyncfetch
+from asyncfetch.transport import Resolver
 from tests.server import TestServer
 
 
@@ -71,6 +72,19 @@ def tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
     running = TestServer(ssl_context=context).start()
     yield running
     running.stop()
+
+
+class TableResolver(Resolver):
+    """Resolves names from a table (no DNS): lets a test choose each name's addresses and their order."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        super().__init__()
+        self._table = table
+
+    async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
+        if host not in self._table:
+            return await super().resolve(host, port)
+        return [(socket.AF_INET, address) for address in self._table[host]]
 
 
 async def collect(requests: Iterable[Any] | AsyncIterable[Any], **options: Any) -> list[asyncfetch.Record]:

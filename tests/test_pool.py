@@ -21,7 +21,7 @@ import asyncfetch
 from asyncfetch import transport as transport_module
 from asyncfetch.http import Origin
 from asyncfetch.transport import ConnectionPool, Resolver, connection_budget
-from tests.conftest import collect
+from tests.conftest import TableResolver, collect
 from tests.server import TestServer, _pattern
 
 pytestmark = pytest.mark.anyio
@@ -37,19 +37,6 @@ def many_hosts() -> Iterator[TestServer]:
     running.stop()
 
 
-class _Names(Resolver):
-    """Resolves names from a table (no DNS): lets a test choose each name's addresses and their order."""
-
-    def __init__(self, table: dict[str, list[str]]) -> None:
-        super().__init__()
-        self._table = table
-
-    async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
-        if host not in self._table:
-            return await super().resolve(host, port)
-        return [(socket.AF_INET, address) for address in self._table[host]]
-
-
 class _CountingPool(ConnectionPool):
     """A pool that notes how many connections it holds each time it opens one."""
 
@@ -62,10 +49,10 @@ class _CountingPool(ConnectionPool):
         return await super()._attempt(origin, family, address, context, *timing)
 
 
-async def _fetch_through(pool: ConnectionPool, urls: list[str], *, concurrency: int) -> list[asyncfetch.Record]:
-    """Every record of a fetch over ``pool`` (closed afterwards), in completion order."""
+async def _fetch_through(pool: ConnectionPool, urls: list[str], **options: Any) -> list[asyncfetch.Record]:
+    """Every record of a fetch over ``pool`` (closed afterwards) without retries, in completion order."""
     try:
-        return [r async for r in asyncfetch.fetch(urls, transport=pool, concurrency=concurrency, retries=0)]
+        return [r async for r in asyncfetch.fetch(urls, transport=pool, retries=0, **options)]
     finally:
         await pool.aclose()
 
@@ -284,18 +271,10 @@ async def test_a_host_whose_first_address_swallows_packets_is_reached_on_its_sec
     fresh_server: TestServer, blackhole: str
 ) -> None:
     """A name resolving to a blackholed address, then a live one, is fetched well within the connect deadline."""
-    resolver = _Names({"two-addresses.test": [blackhole, "127.0.0.1"]})
+    resolver = TableResolver({"two-addresses.test": [blackhole, "127.0.0.1"]})
     pool = ConnectionPool(connect_timeout=30, resolver=resolver)
-    try:
-        async with asyncio.timeout(20):  # far below the connect deadline: only the second address can answer
-            [record] = [
-                r
-                async for r in asyncfetch.fetch(
-                    [f"http://two-addresses.test:{fresh_server.port}/ok"], transport=pool, retries=0
-                )
-            ]
-    finally:
-        await pool.aclose()
+    async with asyncio.timeout(20):  # far below the connect deadline: only the second address can answer
+        [record] = await _fetch_through(pool, [f"http://two-addresses.test:{fresh_server.port}/ok"])
     assert record.status == 200
     assert fresh_server.connections_to("127.0.0.1") == 1
     assert pool.connections_opened == 1
@@ -303,18 +282,10 @@ async def test_a_host_whose_first_address_swallows_packets_is_reached_on_its_sec
 
 async def test_a_refused_first_address_falls_through_to_the_next_at_once(fresh_server: TestServer) -> None:
     """An address that refuses (nothing listens) does not end the attempt while another address is left."""
-    resolver = _Names({"refused-first.test": ["127.0.0.3", "127.0.0.1"]})
+    resolver = TableResolver({"refused-first.test": ["127.0.0.3", "127.0.0.1"]})
     pool = ConnectionPool(resolver=resolver, happy_eyeballs_delay=30)
-    try:
-        async with asyncio.timeout(20):  # below the delay: the refusal itself must start the next attempt
-            [record] = [
-                r
-                async for r in asyncfetch.fetch(
-                    [f"http://refused-first.test:{fresh_server.port}/ok"], transport=pool, retries=0
-                )
-            ]
-    finally:
-        await pool.aclose()
+    async with asyncio.timeout(20):  # below the delay: the refusal itself must start the next attempt
+        [record] = await _fetch_through(pool, [f"http://refused-first.test:{fresh_server.port}/ok"])
     assert record.status == 200
 
 
@@ -323,7 +294,7 @@ async def test_every_address_failing_is_one_connect_error() -> None:
     from tests.conftest import unused_port
 
     port = unused_port()
-    resolver = _Names({"all-dead.test": ["127.0.0.3", "127.0.0.4"]})
+    resolver = TableResolver({"all-dead.test": ["127.0.0.3", "127.0.0.4"]})
     pool = ConnectionPool(resolver=resolver)
     try:
         [record] = [r async for r in asyncfetch.fetch([f"http://all-dead.test:{port}/"], transport=pool, retries=0)]

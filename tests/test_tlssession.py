@@ -7,7 +7,6 @@ both sides) that presents one certificate or another by the name asked for.
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ import trustme
 
 from asyncfetch.http import Origin
 from asyncfetch.tlssession import SHARED_REFRESH, SessionCache, covers, dns_names
-from asyncfetch.transport import ConnectionPool, Resolver
+from asyncfetch.transport import ConnectionPool
+from tests.conftest import TableResolver
 from tests.server import TestServer
 
 pytestmark = pytest.mark.anyio
@@ -127,13 +127,6 @@ def test_a_refused_address_session_is_forgotten_and_one_is_taken_again_after_a_w
 
 
 # -- against a real TLS server -------------------------------------------------------------------------
-class _Names(Resolver):
-    """Every name resolves to 127.0.0.1 (no DNS)."""
-
-    async def resolve(self, host: str, port: int) -> list[tuple[int, str]]:
-        return [(socket.AF_INET, "127.0.0.1")]
-
-
 @pytest.fixture(scope="module")
 def named_tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
     """An HTTPS server on 127.0.0.1 with a certificate for ``*.shared.test``, and another for ``other.test``."""
@@ -154,7 +147,7 @@ def named_tls_server(certificate_authority: trustme.CA) -> Iterator[TestServer]:
 
 async def _resumed(server: TestServer, hosts: list[str], *, verify: bool = True) -> tuple[int, int]:
     """Connections opened and TLS sessions resumed for one request to each host in turn (all answered 200)."""
-    pool = ConnectionPool(resolver=_Names(), verify=verify)
+    pool = ConnectionPool(resolver=TableResolver({host: ["127.0.0.1"] for host in hosts}), verify=verify)
     try:
         async with httpx.AsyncClient(transport=pool) as client:
             for host in hosts:
