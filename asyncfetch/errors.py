@@ -29,6 +29,8 @@ from enum import StrEnum
 
 import httpx
 
+from asyncfetch.values import Value
+
 
 class ErrorKind(StrEnum):
     """The kinds of failure a record can carry, as written in ``error.kind``."""
@@ -47,8 +49,8 @@ class ErrorKind(StrEnum):
     SAVE = "save"
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Failure(Value):
     """Why a request failed: the record's ``error`` field."""
 
     kind: ErrorKind

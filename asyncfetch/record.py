@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from asyncfetch.errors import Failure
+from asyncfetch.values import Value
 
 
 class _NoId:
@@ -88,16 +89,16 @@ def outcome_of(error_kind: str | None, status: int | None) -> Outcome:
     return Outcome.OK
 
 
-@dataclass(frozen=True, slots=True)
-class Redirect:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Redirect(Value):
     """One hop followed: the URL that answered with a redirect, and its status."""
 
     status: int
     url: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Timings:
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
+class Timings(Value):
     """Where the time of the last attempt went, in milliseconds (``--timings``).
 
     ``dns``, ``connect`` and ``tls`` are those of the connection that gave the final response,
@@ -118,8 +119,8 @@ class Timings:
         return {"dns": self.dns, "connect": self.connect, "tls": self.tls, "ttfb": self.ttfb, "total": self.total}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Record:
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False, repr=False)
+class Record(Value):
     """The outcome of one request, field for field the contract's JSON record."""
 
     url: str

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 from asyncfetch.spec import TableRow
+from asyncfetch.values import Value
 
 _CHUNK = 64 * 1024
 _BOM = b"\xef\xbb\xbf"
@@ -39,8 +40,8 @@ InputFormat = Literal["lines", "csv", "tsv"]
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
 
-@dataclass(frozen=True, slots=True)
-class RequestArgument:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RequestArgument(Value):
     """A request named on the command line itself (``asyncfetch https://example.com``): one line."""
 
     text: str

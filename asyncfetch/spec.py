@@ -21,6 +21,7 @@ from asyncfetch.errors import ErrorKind, Failure
 from asyncfetch.http import check_header, is_token, wire_headers
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID, NOT_ASKED, Record, Timings
+from asyncfetch.values import Value
 
 _REQUEST_KEYS = frozenset({"url", "method", "headers", "body", "json", "timeout", "id"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -28,8 +29,8 @@ _PORT_AFTER_HOST = re.compile(r"^\d+(?:[/?#]|$)")
 _HOST = re.compile(r"^[A-Za-z0-9_~-]+(?:\.[A-Za-z0-9_~-]+)*\.?$")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RequestSpec(Value):
     """One request to make, parsed and validated: everything a worker needs.
 
     ``headers`` are the request's headers as sent, ``Host`` and ``Content-Length`` included.
@@ -46,8 +47,8 @@ class RequestSpec:
     input: dict[str, str] | None = None  # the other columns of a CSV/TSV row
 
 
-@dataclass(frozen=True, slots=True)
-class TableRow:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class TableRow(Value):
     """One row of CSV or TSV input: its URL cell, its other columns, or why it does not parse.
 
     The columns are carried into the record as ``input``, so results join back to their data.
@@ -59,8 +60,8 @@ class TableRow:
     problem: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RequestShape:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RequestShape(Value):
     """The request options of the command line (-X, -H, -d, -A) as a value that can travel.
 
     Lines taken from a queue carry the options they were enqueued with (:class:`ShapedLine`),
@@ -83,8 +84,8 @@ class RequestShape:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ShapedLine:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class ShapedLine(Value):
     """An input line with request options of its own (see :class:`RequestShape`)."""
 
     line: str

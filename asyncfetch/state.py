@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from asyncfetch.values import Value
+
 if TYPE_CHECKING:
     from asyncfetch.record import Record
 
@@ -85,8 +87,8 @@ _UPSERT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Stored(Value):
     """What the last complete response to one URL said."""
 
     etag: str | None

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncfetch.record import Outcome, Record, outcome_of
+from asyncfetch.values import MutableValue
 
 # Latency histogram: buckets 2 % wide on a log scale, from 0.01 ms to ~hours: fixed memory.
 _GROWTH = math.log(1.02)
@@ -128,8 +129,8 @@ class HostTable:
         return failing[:n]
 
 
-@dataclass(slots=True)
-class RunStats:
+@dataclass(slots=True, eq=False, repr=False)
+class RunStats(MutableValue):
     """Counts by outcome, attempts, bytes and a latency histogram, updated per record."""
 
     started: float = field(default_factory=time.monotonic)

@@ -18,6 +18,7 @@ from rich.table import Column
 from rich.text import Text
 
 from asyncfetch.stats import RunStats
+from asyncfetch.values import Value
 
 # Below this width the bar itself goes: the numbers are what a narrow terminal keeps.
 _BAR_MIN_WIDTH = 72
@@ -97,8 +98,8 @@ class ProgressDisplay:
         self._progress.stop()
 
 
-@dataclass(frozen=True, slots=True)
-class Interruption:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Interruption(Value):
     """What an interrupted run left undone, for its summary."""
 
     not_fetched: int  # requests read that got no record

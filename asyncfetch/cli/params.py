@@ -26,6 +26,7 @@ import typer
 
 from asyncfetch.cli.status import UsageError
 from asyncfetch.options import FetchOptions, environment_proxies, format_size, parse_header, parse_size
+from asyncfetch.values import Value
 
 INPUT = "Input"
 REQUEST = "Requests"
@@ -60,8 +61,8 @@ def env_lines(name: str) -> list[str]:
     return [line for line in os.environ.get(name, "").splitlines() if line.strip()]
 
 
-@dataclass(frozen=True, slots=True)
-class Param:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Param(Value):
     """One option: its flags and help, and the FetchOptions field it sets (None: the CLI's own)."""
 
     name: str  # the parameter name the command receives
@@ -464,8 +465,8 @@ def inputs_argument(help_text: str) -> tuple[Any, None]:
     return (Annotated[list[str] | None, info], None)
 
 
-@dataclass(frozen=True, slots=True)
-class DisplayChoice:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class DisplayChoice(Value):
     """Whether the progress bar, the summary and warnings are shown."""
 
     progress: bool

@@ -29,6 +29,7 @@ from asyncfetch.sinks import LineWriter
 from asyncfetch.source import Input, InputError, InputFormat, InputReader, estimate_total
 from asyncfetch.stats import HostTable, RunStats
 from asyncfetch.transport import MAX_IDLE
+from asyncfetch.values import MutableValue, Value
 
 if TYPE_CHECKING:
     from asyncfetch.resume import DoneSet
@@ -40,8 +41,8 @@ _RESOLVER_THREADS = 32
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Plan(Value):
     """A validated command line: what to read, how to fetch, where records and reports go."""
 
     inputs: list[Input]
@@ -61,8 +62,8 @@ class Plan:
     summary_json: Path | None = None  # where the whole summary goes as JSON
 
 
-@dataclass(slots=True)
-class RunControl:
+@dataclass(slots=True, eq=False, repr=False)
+class RunControl(MutableValue):
     """What a command's coroutine needs from the process: the stop signal and the exits."""
 
     stop: asyncio.Event
