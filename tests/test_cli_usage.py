@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -268,16 +270,18 @@ def test_every_engine_option_sets_a_fetch_options_field_and_takes_its_default() 
 
 
 # -- start-up: what each command line loads (no timing: which modules, which a test can pin) ------------------
-def _modules_after_main(*args: str) -> set[str]:
-    """The modules loaded once ``asyncfetch ARGS`` has run to its exit, in a fresh interpreter."""
+def _after_main(*args: str, before: str = "", report: str = "sorted(sys.modules)") -> Any:
+    """``report`` (a Python expression) once ``asyncfetch ARGS`` has run to its exit in a fresh
+    interpreter, ``before`` having run just before ``main`` (both see ``json``, ``sys`` and ``gc``)."""
     probe = (
-        "import json, sys\n"
+        "import gc, json, sys\n"
         "from asyncfetch.cli import main\n"
+        f"{before}\n"
         "try:\n"
         f"    main({list(args)!r})\n"
         "except SystemExit:\n"
         "    pass\n"
-        "sys.stderr.write('\\nMODULES ' + json.dumps(sorted(sys.modules)))\n"
+        f"sys.stderr.write('\\nREPORT ' + json.dumps({report}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -287,10 +291,14 @@ def _modules_after_main(*args: str) -> set[str]:
         timeout=60,
         check=False,
     )
-    marker = result.stderr.rfind(b"\nMODULES ")
+    marker = result.stderr.rfind(b"\nREPORT ")
     assert marker >= 0, result.stderr
-    names: list[str] = json.loads(result.stderr[marker + len(b"\nMODULES ") :])
-    return set(names)
+    return json.loads(result.stderr[marker + len(b"\nREPORT ") :])
+
+
+def _modules_after_main(*args: str) -> set[str]:
+    """The modules loaded once ``asyncfetch ARGS`` has run to its exit, in a fresh interpreter."""
+    return set(_after_main(*args))
 
 
 # Loaded only by the runs that need them (--state, --tls, --http2, a queue command, a bar or
@@ -328,3 +336,36 @@ def test_help_and_version_load_no_engine() -> None:
     assert "asyncfetch.cli.fetch" in helped  # the probe ran the command
     version = _modules_after_main("--version")
     assert {"typer", "typing", "asyncfetch.cli.app"} & version == set()
+
+
+def test_start_up_does_not_collect_garbage_and_the_run_does() -> None:
+    """Until the fetch starts the cyclic collector is off (what start-up creates lives as long as
+    the process: collecting it was ~5 % of a one-URL run); run_loop turns it on, and main() called
+    in a process leaves it on."""
+    # A collection before run_loop froze the imported objects is one made during start-up.
+    record = (
+        "starts = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and starts.append(gc.get_freeze_count()))"
+    )
+    report = "{'during_start_up': starts.count(0), 'enabled_after': gc.isenabled()}"
+    url = "http://127.0.0.1:1/"  # refused at once: a record, no network
+    assert _after_main("-q", "-r", "0", url, before=record, report=report) == {
+        "during_start_up": 0,
+        "enabled_after": True,
+    }
+    assert _after_main("--help", before=record, report=report)["enabled_after"] is True
+
+
+def test_the_run_loop_collects_garbage_though_start_up_did_not() -> None:
+    """run_loop switches the collector on (main() switched it off for start-up)."""
+    from asyncfetch.cli.runner import run_loop
+
+    async def collecting(control: object) -> int:
+        del control
+        return int(gc.isenabled())
+
+    gc.disable()
+    try:
+        assert run_loop(collecting) == 1
+    finally:
+        gc.enable()
