@@ -103,10 +103,18 @@ class Param(Value):
             return None
         return self.env or env_name(next(f for f in self.flags if f.startswith("--")))
 
-    def annotation(self) -> Any:
+    def parameter(self) -> inspect.Parameter:
+        """The keyword-only parameter typer reads: its type, and a typer.Option holding its default.
+
+        An Option as the default, not in an ``Annotated`` type: typer copies it once per
+        parameter instead of twice (of the ~10 M instructions it takes to turn the fetch
+        command's 44 parameters into click's, on every run).
+        """
         kind = self.kind
-        optional = kind if self.cli_default() is not None or kind == (bool | None) else kind | None
+        default = self.cli_default()
+        optional = kind if default is not None or kind == (bool | None) else kind | None
         info = typer.Option(
+            default,
             *self.flags,
             envvar=self.variable(),
             help=self.help,
@@ -115,7 +123,7 @@ class Param(Value):
             show_default=False,
             show_envvar=False,
         )
-        return Annotated[optional, info]
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, annotation=optional, default=info)
 
 
 def _method(text: str) -> str:
@@ -444,12 +452,7 @@ def command(names: Iterable[str], *, extra: Mapping[str, Any] | None = None) -> 
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
             for name, (annotation, default) in own.items()
         ]
-        parameters += [
-            inspect.Parameter(
-                p.name, inspect.Parameter.KEYWORD_ONLY, annotation=p.annotation(), default=p.cli_default()
-            )
-            for p in chosen
-        ]
+        parameters += [p.parameter() for p in chosen]
         callback.__signature__ = inspect.Signature(parameters, return_annotation=int)  # type: ignore[attr-defined]
         callback.__name__ = impl.__name__
         callback.__doc__ = impl.__doc__
