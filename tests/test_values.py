@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 import pytest
@@ -14,27 +14,25 @@ import asyncfetch
 from asyncfetch.values import MutableValue, Value
 
 
-@dataclass(frozen=True, slots=True)
-class _Generated:
-    name: str
-    size: int = 0
-    secret: str = field(default="", repr=False)
-    cache: Any = field(default=None, compare=False)
-    seen: int = field(default=0, hash=False)
+def _fields() -> list[tuple[str, type, Any]]:
+    """One of each kind of field: plain, defaulted, repr=False, compare=False, hash=False."""
+    return [
+        ("name", str, field()),
+        ("size", int, field(default=0)),
+        ("secret", str, field(default="", repr=False)),
+        ("cache", Any, field(default=None, compare=False)),
+        ("seen", int, field(default=0, hash=False)),
+    ]
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
-class _Written(Value):
-    name: str
-    size: int = 0
-    secret: str = field(default="", repr=False)
-    cache: Any = field(default=None, compare=False)
-    seen: int = field(default=0, hash=False)
+# The same fields twice: dataclass's generated methods, and Value's.
+_Generated: Any = make_dataclass("_Generated", _fields(), frozen=True, slots=True)
+_Written: Any = make_dataclass("_Written", _fields(), bases=(Value,), frozen=True, slots=True, eq=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
-class _WrittenChild(_Written):
-    pass
+_WrittenChild: Any = make_dataclass(
+    "_WrittenChild", [], bases=(_Written,), frozen=True, slots=True, eq=False, repr=False
+)
 
 
 @dataclass(slots=True)
