@@ -3,8 +3,8 @@
 Python 3.11's ``@dataclass`` writes the source of each method it adds (``__init__``,
 ``__eq__``, ``__hash__``, ``__repr__``, a frozen class's ``__setattr__``...) and compiles it
 with ``exec`` when the class is created, on every start. For the 17 classes a one-URL run
-imports that was ~85 M instructions, a seventh of the run; ``__eq__``, ``__hash__`` and
-``__repr__`` were ~30 M of it. A class declared with ``eq=False, repr=False`` that derives
+imports that was ~86 M instructions, a seventh of the run; ``__eq__``, ``__hash__`` and
+``__repr__`` were ~26 M of it. A class declared with ``eq=False, repr=False`` that derives
 from :class:`Value` (frozen) or :class:`MutableValue` gets the same three behaviours as
 dataclass would generate them, from the fields, with nothing compiled:
 

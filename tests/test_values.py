@@ -146,7 +146,7 @@ def _dataclasses_of_asyncfetch() -> list[type]:
 
 def test_no_dataclass_of_ours_compiles_eq_or_repr() -> None:
     """Every dataclass of asyncfetch gets == and repr from Value/MutableValue: Python 3.11 compiles
-    each generated method with exec at every start (~30 M instructions of a one-URL run for these)."""
+    each generated method with exec at every start (~26 M instructions of a one-URL run for these)."""
     classes = _dataclasses_of_asyncfetch()
     assert len(classes) > 15  # the walk found them
     generating = sorted(
