@@ -228,8 +228,16 @@ class Record(Value):
         return self.to_line()[:-1].decode("utf-8")
 
 
+# The last second formatted, and its text: records come thousands a second, and strftime is
+# most of the cost of this field.
+_last_second: list[Any] = [None, ""]
+
+
 def iso_utc(timestamp: float) -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-22T01:23:45.123Z``."""
     seconds = int(timestamp)
     millis = int((timestamp - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    last = _last_second
+    if last[0] != seconds:
+        last[0], last[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{last[1]}.{millis:03d}Z"

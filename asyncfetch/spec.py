@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+from httpx._urlparse import MAX_URL_LENGTH, ParseResult
 
 from asyncfetch.decode import ACCEPT_ENCODING
 from asyncfetch.errors import ErrorKind, Failure
-from asyncfetch.http import check_header, is_token, wire_headers
+from asyncfetch.http import DEFAULT_PORTS, check_header, is_token, wire_headers
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID, NOT_ASKED, Record, Timings
 from asyncfetch.values import Value
@@ -127,11 +128,56 @@ def with_default_scheme(text: str) -> str:
     return text  # "mailto:x@y": a scheme we will refuse, named in the error
 
 
+# URLs that httpx's parser keeps exactly as written: lower-case scheme and host name, a port
+# that is not the default, and a path and query of characters it leaves unescaped (no dot
+# segments to remove, no fragment). Most URLs of a list are of this shape, and building their
+# httpx.URL from the match is ~15x cheaper than httpx's parse (8 % of a run on one local host).
+# The path is printable ASCII but space " # < > ? ` { }, the query printable ASCII but
+# space " # < > (httpx's PATH_SAFE and QUERY_SAFE). tests/test_spec.py holds the two parses
+# to the same result.
+_SIMPLE_URL = re.compile(
+    r"(https?)://([a-z0-9_~-]+(?:\.[a-z0-9_~-]+)*\.?)(?::([1-9][0-9]{0,4}))?(/[!$-;=@-_a-z|~]*)?(?:\?([!$-;=?-~]*))?"
+)
+
+
+def _simple_url(text: str) -> httpx.URL | None:
+    """The ``httpx.URL`` of ``text`` when it is of the simple shape above, else None."""
+    match = _SIMPLE_URL.fullmatch(text) if len(text) <= MAX_URL_LENGTH else None
+    if match is None:
+        return None
+    scheme, host, port_text, path, query = match.groups()
+    if path is not None and "/." in path:
+        return None  # "." and ".." segments: httpx removes them
+    if _bad_ipv4(host):
+        return None  # httpx's parse says what is wrong with it
+    port: int | None = None
+    if port_text is not None:
+        port = int(port_text)
+        if port > 65535:
+            return None
+        if port == DEFAULT_PORTS[scheme]:
+            port = None
+    url = httpx.URL.__new__(httpx.URL)
+    url._uri_reference = ParseResult(scheme, "", host, port, path or "", query, None)
+    return url
+
+
+def _bad_ipv4(host: str) -> bool:
+    """Shaped like an IPv4 address (four runs of digits), so httpx requires one, but not one."""
+    octets = host.split(".")
+    if len(octets) != 4 or not all(octet.isdigit() for octet in octets):
+        return False
+    return not all(int(octet) < 256 and (len(octet) == 1 or octet[0] != "0") for octet in octets)
+
+
 def parse_url(text: str) -> httpx.URL:
     """A fetchable ``httpx.URL`` from URL text (scheme already defaulted).
 
     Raises :class:`ValueError` naming the problem when the URL is not http(s) or is malformed.
     """
+    simple = _simple_url(text)
+    if simple is not None:
+        return simple
     try:
         url = httpx.URL(text)
     except (httpx.InvalidURL, ValueError, TypeError) as exc:

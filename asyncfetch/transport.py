@@ -34,7 +34,7 @@ import socket
 import ssl
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import httptools
@@ -495,7 +495,8 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self) -> None:
+    async def wait(self) -> None:
+        """Until the parser has more to say (head, body bytes, the end, or an error)."""
         self._waiter = self._loop.create_future()
         try:
             await self._waiter
@@ -523,26 +524,20 @@ class _Connection(asyncio.Protocol):
         while not self.headers_done:
             if self.error is not None:
                 raise self.error
-            await self._wait()
+            await self.wait()
 
-    async def body_chunks(self) -> AsyncIterator[bytes]:
-        """The response body as it arrives, raw (not content-decoded)."""
+    def take_body(self) -> bytes | None:
+        """The body bytes parsed since the last call, raw (not content-decoded); None if none yet."""
         chunks = self._chunks
-        while True:
-            if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._buffered = 0
-                if self._paused and not self.closed and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
-                yield data
-            elif self.complete:
-                return
-            elif self.error is not None:
-                raise self.error
-            else:
-                await self._wait()
+        if not chunks:
+            return None
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and not self.closed and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
 
     @property
     def reusable(self) -> bool:
@@ -557,21 +552,40 @@ class _Connection(asyncio.Protocol):
 
 
 class _ResponseBody(httpx.AsyncByteStream):
-    """The body of one response; hands the connection back to the pool when done."""
+    """The body of one response as it arrives; hands the connection back to the pool when done.
+
+    Its own async iterator, not an async generator: the loop registers each generator in a
+    weak set and calls a hook for it, a cost per response for nothing here.
+    """
 
     def __init__(self, pool: ConnectionPool, connection: _Connection) -> None:
         self._pool = pool
         self._connection: _Connection | None = connection
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> _ResponseBody:
+        if self._connection is None:
+            raise httpx.StreamClosed()
+        return self
+
+    async def __anext__(self) -> bytes:
         connection = self._connection
         if connection is None:
-            raise httpx.StreamClosed()
-        async for chunk in connection.body_chunks():
-            yield chunk
-        await self.aclose()
+            raise StopAsyncIteration
+        while True:
+            data = connection.take_body()
+            if data is not None:
+                return data
+            if connection.complete:
+                self._release()
+                raise StopAsyncIteration
+            if connection.error is not None:
+                raise connection.error
+            await connection.wait()
 
     async def aclose(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             self._pool.release(connection)

@@ -14,12 +14,12 @@ import base64
 import email.utils
 import hashlib
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from asyncfetch.deadline import Deadlines
 from asyncfetch.decode import Decoder
 from asyncfetch.errors import ErrorKind, Failure, FetchError, classify
 from asyncfetch.http import wire_headers
@@ -80,6 +80,7 @@ class Worker:
         self._transport = transport
         self._saver = saver
         self._fields = options.record_fields
+        self._deadlines: Deadlines | None = None  # made on the first attempt: it needs the loop
 
     async def attempt(
         self, spec: RequestSpec, attempts: int, *, tracked: bool = False, stored: Stored | None = None
@@ -96,8 +97,11 @@ class Worker:
         redirects: list[Redirect] = []
         failure = None
         not_sent = False
+        deadlines = self._deadlines
+        if deadlines is None:
+            deadlines = self._deadlines = Deadlines(asyncio.get_running_loop())
         try:
-            async with asyncio.timeout(deadline):
+            with deadlines.limit(deadline):
                 await self._exchange(spec, progress, redirects, stored)
         except Exception as exc:  # noqa: BLE001  (classify re-raises what is not a request failure)
             error = classify(exc, deadline=deadline)
@@ -169,6 +173,7 @@ class Worker:
                 progress.timer = PhaseTimer()
                 request.extensions = {**request.extensions, TIMER: progress.timer}
             response = await self._transport.handle_async_request(request)
+            stream = _body_stream(response)
             try:
                 progress.remote, progress.ssl_object = _connection_facts(response)
                 status = response.status_code
@@ -184,7 +189,7 @@ class Worker:
                     progress.headers = _header_dict(response.headers)
                 location = fields.location if status in _REDIRECTS else None
                 if location is None or not options.follow:
-                    await self._read_body(spec, response, fields.content_encoding, progress, stored)
+                    await self._read_body(spec, response, stream, fields.content_encoding, progress, stored)
                     return
                 if len(redirects) >= options.max_redirects:
                     raise FetchError(
@@ -192,9 +197,11 @@ class Worker:
                     )
                 redirects.append(Redirect(status, str(url)))
                 next_url = _redirect_target(url, location)
-                await _drain(response)
+                await _drain(stream)
             finally:
-                await response.aclose()
+                # Not response.aclose(): all it adds is a context manager that tags errors with
+                # the request, a cost per response for nothing that reads them.
+                await stream.aclose()
             dropped = {b"host"}
             if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
                 method, body = "GET", None
@@ -210,6 +217,7 @@ class Worker:
         self,
         spec: RequestSpec,
         response: httpx.Response,
+        stream: httpx.AsyncByteStream,
         content_encoding: str | None,
         progress: _Progress,
         stored: Stored | None,
@@ -221,7 +229,7 @@ class Worker:
         saving = None if not_modified else self._start_saving(progress.url, spec.index)
         body = _Body(progress, self._options.max_size, keep=self._options.include_body, saving=saving)
         try:
-            async for raw in _raw_stream(response):
+            async for raw in stream:
                 if decoder.identity:
                     body.take(raw)
                 else:
@@ -296,19 +304,35 @@ class _ResponseFields:
         self.retry_after: str | None = None
         self.etag: str | None = None
         self.last_modified: str | None = None
-        for name, value in headers.multi_items():
-            if name == "etag":
+        # The raw pairs, and only the wanted values decoded: multi_items() decodes every header.
+        for raw_name, raw_value in headers.raw:
+            name = raw_name.lower()
+            if name not in _WANTED:
+                continue
+            value = _header_text(raw_value, headers)
+            if name == b"etag":
                 self.etag = value
-            elif name == "last-modified":
+            elif name == b"last-modified":
                 self.last_modified = value
-            elif name == "content-type":
+            elif name == b"content-type":
                 self.content_type = value
-            elif name == "content-encoding":
+            elif name == b"content-encoding":
                 self.content_encoding = f"{self.content_encoding}, {value}" if self.content_encoding else value
-            elif name == "location":
+            elif name == b"location":
                 self.location = value
-            elif name == "retry-after":
+            else:
                 self.retry_after = value
+
+
+_WANTED = frozenset({b"etag", b"last-modified", b"content-type", b"content-encoding", b"location", b"retry-after"})
+
+
+def _header_text(value: bytes, headers: httpx.Headers) -> str:
+    """A header value as httpx's ``multi_items()`` gives it (ASCII unless another header is not)."""
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return value.decode(headers.encoding)
 
 
 def _connection_facts(response: httpx.Response) -> tuple[tuple[str, int] | None, Any]:
@@ -365,12 +389,12 @@ def _changed(progress: _Progress, stored: Stored | None) -> bool:
     return progress.sha256 != stored.sha256
 
 
-def _raw_stream(response: httpx.Response) -> AsyncIterator[bytes]:
+def _body_stream(response: httpx.Response) -> httpx.AsyncByteStream:
     """The response body as sent (not content-decoded); bypasses httpx's per-chunk bookkeeping."""
     stream = response.stream
     if not isinstance(stream, httpx.AsyncByteStream):
         raise TypeError("the transport returned a response without an async body stream")
-    return stream.__aiter__()
+    return stream
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -397,10 +421,10 @@ def _redirect_target(url: httpx.URL, location: str) -> httpx.URL:
     return target
 
 
-async def _drain(response: httpx.Response) -> None:
+async def _drain(stream: httpx.AsyncByteStream) -> None:
     """Read a redirect's small body so its connection can be reused; give up on a big one."""
     read = 0
-    async for chunk in _raw_stream(response):
+    async for chunk in stream:
         read += len(chunk)
         if read > _DRAIN_LIMIT:
             break

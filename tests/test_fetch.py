@@ -303,3 +303,28 @@ async def test_breaking_out_without_closing_is_cleaned_up_by_the_collector(serve
         break
     await _settle()
     assert _other_tasks(before) == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Content-Type", b"text/html"), (b"ETag", b'"v1"'), (b"X-Other", b"1")],
+        [(b"content-encoding", b"gzip"), (b"Content-Encoding", b"br"), (b"Retry-After", b"5")],
+        [(b"Location", "/caf\u00e9".encode()), (b"Last-Modified", b"Tue, 01 Dec 2026 00:00:00 GMT")],
+        [(b"Location", "/caf\u00e9".encode("latin-1")), (b"Content-Type", b"text/plain")],
+        [(b"X-Name", "\u00e9".encode()), (b"Content-Type", "text/plain; name=\u00e9".encode())],
+    ],
+)
+def test_the_response_fields_read_as_httpx_decodes_them(raw: list[tuple[bytes, bytes]]) -> None:
+    """The worker's one pass over the raw headers finds what a lookup by name finds, decoded the same."""
+    from asyncfetch.worker import _ResponseFields
+
+    headers = httpx.Headers(raw)
+    fields = _ResponseFields(headers)
+    encodings = headers.get_list("content-encoding")
+    assert fields.content_type == headers.get("content-type")
+    assert fields.etag == headers.get("etag")
+    assert fields.last_modified == headers.get("last-modified")
+    assert fields.location == headers.get("location")
+    assert fields.retry_after == headers.get("retry-after")
+    assert fields.content_encoding == (", ".join(encodings) if encodings else None)

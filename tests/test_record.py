@@ -150,6 +150,19 @@ def test_iso_utc_formats_milliseconds_and_never_rounds_up_to_a_new_second() -> N
     assert iso_utc(59.9999) == "1970-01-01T00:00:59.999Z"
 
 
+def test_iso_utc_follows_the_clock_from_second_to_second() -> None:
+    """The text of the last second is reused only within that second, whichever way the clock goes."""
+    seen = [iso_utc(t) for t in (59.5, 59.25, 60.0, 60.75, 59.1, 3661.0025)]
+    assert seen == [
+        "1970-01-01T00:00:59.500Z",
+        "1970-01-01T00:00:59.250Z",
+        "1970-01-01T00:01:00.000Z",
+        "1970-01-01T00:01:00.750Z",
+        "1970-01-01T00:00:59.100Z",
+        "1970-01-01T01:01:01.002Z",
+    ]
+
+
 async def test_elapsed_ms_is_the_wall_time_of_the_attempt(server: TestServer) -> None:
     """elapsed_ms covers request start to last body byte, in milliseconds."""
     [record] = await collect([server.url("/sleep/250")])

@@ -12,7 +12,7 @@ import pytest
 from asyncfetch.errors import ErrorKind
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID
-from asyncfetch.spec import InvalidRequest, SpecBuilder, parse_url, with_default_scheme
+from asyncfetch.spec import InvalidRequest, SpecBuilder, _simple_url, parse_url, with_default_scheme
 from tests.conftest import collect, records_of, run_cli
 from tests.server import TestServer
 
@@ -89,6 +89,93 @@ def test_an_unfetchable_url_line_is_an_invalid_url(line: str) -> None:
 def test_http_and_https_urls_parse(url: str) -> None:
     """Well-formed http and https URLs (IPv4, IPv6, ports, queries) are accepted as they are."""
     assert parse_url(url) == httpx.URL(url)
+
+
+# URLs near the edges of the fast parse's simple shape (asyncfetch.spec._SIMPLE_URL).
+_EDGE_URLS = [
+    "http://127.0.0.1:18300/ok",
+    "https://example.com",
+    "https://example.com/",
+    "https://example.com:443/p",
+    "http://example.com:80",
+    "http://example.com:8080/a/b?c=d&e=%20f",
+    "http://x.org/?",
+    "http://x.org?q=1",
+    "http://h/a%20b%zz%?c=d|e^f[g]",
+    "http://h/a/./b",
+    "http://h/a/../b",
+    "http://h/.well-known/x",
+    "http://h/a/.",
+    "http://Example.COM/Path",
+    "HTTP://example.com/",
+    "http://999.1.1.1/",
+    "http://01.2.3.4/",
+    "http://1.2.3.4./",
+    "http://1.2.3/",
+    "http://1.2.3.4.5/",
+    "http://0.0.0.0/",
+    "http://255.255.255.255/",
+    "http://256.1.1.1/",
+    "http://1.2.3.0004/",
+    "http://1.2.3.00/",
+    "http://h:080/",
+    "http://h:65535/",
+    "http://h:65536/",
+    "http://user:pw@h/",
+    "http://h/p#frag",
+    "http://h/a b",
+    "http://h/é",
+    "http://bücher.example/",
+    "http://h/{x}`y`",
+    "http://h/?a{b}`c`",
+    "http://under_score.example/~user/",
+    "http://h/" + "a" * 70_000,
+]
+
+
+def _url_alphabet_walk(count: int) -> list[str]:
+    import random
+
+    chance = random.Random(9)
+    hosts = ["a.test", "a.test", "127.0.0.1", "x-y.z.", "a_b.test", "300.1.1.1", "UP.test", "[::1]"]
+    common = ["/", "/", "/", "a", "b", "Z", "0", "~", "-", "_", ".html", "&", "=", "%2F", "?", ";", "+", "!"]
+    pieces = [*common, *common, ".", "..", "%", "?", "#", "{", "`", '"', "<", " ", "é", ":", "@", "\\"]
+    urls = []
+    for _ in range(count):
+        port = chance.choice(["", "", ":8080", ":80", ":443", ":0", ":70000", ":"])
+        path = "/" + "".join(chance.choice(pieces) for _ in range(chance.randrange(6)))
+        urls.append(f"{chance.choice(['http', 'https'])}://{chance.choice(hosts)}{port}{path}")
+    return urls
+
+
+@pytest.mark.parametrize("url", _EDGE_URLS + _url_alphabet_walk(400))
+def test_the_fast_url_parse_agrees_with_httpx(url: str) -> None:
+    """parse_url's fast path builds exactly the URL httpx's own parse builds, or refuses what it refuses.
+
+    It builds httpx.URL's parsed form itself: this pins that form too, for the pinned httpx.
+    """
+    try:
+        expected = httpx.URL(url)
+    except httpx.InvalidURL:
+        expected = None
+    fast = _simple_url(url)
+    if fast is not None:
+        assert expected is not None
+        assert fast._uri_reference == expected._uri_reference
+        assert (str(fast), fast.raw_path, fast.netloc, fast.port) == (
+            str(expected),
+            expected.raw_path,
+            expected.netloc,
+            expected.port,
+        )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:18300/ok", "https://www.example.com/a/b.html?q=1&r=2", "http://h.test:8080/%7Euser/"]
+)
+def test_common_urls_take_the_fast_parse(url: str) -> None:
+    """The usual shape of a listed URL is parsed without httpx's parser (its cost is per URL)."""
+    assert _simple_url(url) is not None
 
 
 def test_a_plain_line_becomes_a_get_with_the_default_headers() -> None:
