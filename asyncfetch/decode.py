@@ -205,14 +205,18 @@ class Decoder:
     """The response's ``Content-Encoding`` layers undone from the last; see the module docstring."""
 
     def __init__(self, content_encoding: str | None, *, step: int = 64 * 1024) -> None:
+        if not content_encoding:  # most responses: nothing to parse
+            self._layers: list[_Layer] = []
+            self.undecoded: str | None = None
+            return
         codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
         codings = [c for c in codings if c and c != "identity"]
         known: list[str] = []
         while codings and codings[-1] in _ALIASES:
             known.append(_ALIASES[codings.pop()])
         # Applied in the order listed: undone from the last, down to the first we cannot undo.
-        self._layers: list[_Layer] = [_layer(c, step) for c in known]
-        self.undecoded: str | None = ", ".join(codings) or None
+        self._layers = [_layer(c, step) for c in known]
+        self.undecoded = ", ".join(codings) or None
 
     @property
     def identity(self) -> bool:

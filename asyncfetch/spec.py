@@ -164,6 +164,8 @@ def _simple_url(text: str) -> httpx.URL | None:
 
 def _bad_ipv4(host: str) -> bool:
     """Shaped like an IPv4 address (four runs of digits), so httpx requires one, but not one."""
+    if not host[-1].isdigit():
+        return False  # a name, as nearly every host is
     octets = host.split(".")
     if len(octets) != 4 or not all(octet.isdigit() for octet in octets):
         return False

@@ -241,6 +241,7 @@ class _Connection(asyncio.Protocol):
         # Done once the TLS handshake is over (or failed); None on plain TCP.
         self.handshake: asyncio.Future[None] | None = None
         self.session_captured = False
+        self._poller: select.poll | None = None
         if context is not None:
             self._tls_in, self._tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
             self.ssl_object = context.wrap_bio(
@@ -503,13 +504,26 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    def _readable(self) -> bool:
+        """Whether bytes (or the server's close) wait unread in the socket."""
+        poller = self._poller
+        if poller is None:
+            assert self.transport is not None
+            sock = self.transport.get_extra_info("socket")
+            if sock is None:
+                return False
+            # Made at the first reuse and kept: each request on the connection asks again.
+            poller = self._poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+
     async def send(self, head: bytes, body: bytes, *, is_head: bool, timer: PhaseTimer | None = None) -> None:
         """Write one request and wait until its response head has been parsed."""
         assert self.transport is not None
         if self.closed:
             raise httpx.RemoteProtocolError("connection closed before the request was sent")
         self._reset()
-        if self.reused and _readable(self.transport):
+        if self.reused and self._readable():
             # An idle HTTP/1.1 connection has nothing to say: bytes waiting on it are the tail of
             # the last response (a body longer than its Content-Length) or the server's close.
             # Either way it is out of step; nothing of this request was sent.
@@ -1046,16 +1060,6 @@ async def _body_of(request: httpx.Request) -> bytes:
         return request.content
     except httpx.RequestNotRead:
         return await request.aread()
-
-
-def _readable(transport: asyncio.Transport) -> bool:
-    """Whether bytes (or the server's close) wait unread in the socket under ``transport``."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _delimited_by_close(headers: list[tuple[bytes, bytes]]) -> bool:
