@@ -48,14 +48,19 @@ def check_header(name: str, value: str) -> None:
 
 
 def wire_headers(
-    url: httpx.URL, method: str, headers: tuple[tuple[bytes, bytes], ...], body: bytes | None
+    url: httpx.URL,
+    method: str,
+    headers: tuple[tuple[bytes, bytes], ...],
+    body: bytes | None,
+    given: frozenset[bytes] | None = None,
 ) -> tuple[tuple[bytes, bytes], ...]:
     """``headers`` completed with what HTTP/1.1 needs: ``Host`` (unless given) and ``Content-Length``.
 
     Built once per request, so that sending it is cheap (``httpx.Request(stream=...)``
-    takes headers as they are).
+    takes headers as they are). ``given``: the lower-cased names in ``headers``, when known.
     """
-    given = {name.lower() for name, _ in headers}
+    if given is None:
+        given = header_names(headers)
     host = () if b"host" in given else ((b"Host", url.netloc),)
     framing: tuple[tuple[bytes, bytes], ...] = ()
     if b"content-length" not in given and b"transfer-encoding" not in given:
@@ -64,3 +69,8 @@ def wire_headers(
         elif method in ("POST", "PUT", "PATCH"):
             framing = ((b"Content-Length", b"0"),)
     return host + headers + framing
+
+
+def header_names(headers: tuple[tuple[bytes, bytes], ...]) -> frozenset[bytes]:
+    """The names in ``headers``, lower-cased."""
+    return frozenset(name.lower() for name, _ in headers)

@@ -19,7 +19,7 @@ from httpx._urlparse import MAX_URL_LENGTH, ParseResult
 
 from asyncfetch.decode import ACCEPT_ENCODING
 from asyncfetch.errors import ErrorKind, Failure
-from asyncfetch.http import DEFAULT_PORTS, check_header, is_token, wire_headers
+from asyncfetch.http import DEFAULT_PORTS, check_header, header_names, is_token, wire_headers
 from asyncfetch.options import DEFAULT_USER_AGENT, FetchOptions
 from asyncfetch.record import NO_ID, NOT_ASKED, Record, Timings
 from asyncfetch.values import Value
@@ -115,6 +115,8 @@ class InvalidRequest(Exception):
 
 def with_default_scheme(text: str) -> str:
     """``https://`` added to a URL that has no scheme (``host:port/path`` counts as none)."""
+    if text.startswith(("https://", "http://")):
+        return text  # as nearly every line is
     if text.startswith("//"):
         return "https:" + text
     match = _SCHEME.match(text)
@@ -167,9 +169,15 @@ def _bad_ipv4(host: str) -> bool:
     if not host[-1].isdigit():
         return False  # a name, as nearly every host is
     octets = host.split(".")
-    if len(octets) != 4 or not all(octet.isdigit() for octet in octets):
+    if len(octets) != 4:
         return False
-    return not all(int(octet) < 256 and (len(octet) == 1 or octet[0] != "0") for octet in octets)
+    for octet in octets:
+        if not octet.isdigit():
+            return False
+    for octet in octets:  # noqa: SIM110  (loops: a generator here costs more than the check, per URL)
+        if int(octet) > 255 or (octet[0] == "0" and len(octet) > 1):
+            return True
+    return False
 
 
 def parse_url(text: str) -> httpx.URL:
@@ -204,6 +212,7 @@ class SpecBuilder:
         self._options = options
         self._plain_method = (options.method or ("POST" if options.data is not None else "GET")).upper()
         self._base_headers = _merge_headers(_default_headers(options), options.headers)
+        self._base_names = header_names(self._base_headers)  # the same for every URL line
         self._fields = options.record_fields
 
     def from_line(self, line: str, index: int) -> RequestSpec:
@@ -235,7 +244,7 @@ class SpecBuilder:
                 ErrorKind.INVALID_URL, str(exc), url_text, self._plain_method, NO_ID, columns
             ) from None
         body = self._options.data
-        headers = wire_headers(target, self._plain_method, self._base_headers, body)
+        headers = wire_headers(target, self._plain_method, self._base_headers, body, self._base_names)
         return RequestSpec(index, url_text, target, self._plain_method, headers, body, input=columns)
 
     def from_mapping(self, value: Mapping[str, Any], index: int, *, raw: str | None = None) -> RequestSpec:

@@ -36,6 +36,8 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NOT_MODIFIED = 304
 # Errors raised before any byte of the request left this machine: safe to retry any method.
 _NOT_SENT = frozenset({ErrorKind.DNS, ErrorKind.CONNECT, ErrorKind.TLS})
+# The stream of every request without a body: a ByteStream holds its bytes and can be read again.
+_NO_BODY = httpx.ByteStream(b"")
 # A redirect's own body is read (to keep the connection) only up to this much.
 _DRAIN_LIMIT = 64 * 1024
 
@@ -166,7 +168,7 @@ class Worker:
         while True:
             progress.status = None  # until this hop answers: a failed hop has no status of its own
             progress.remote = progress.ssl_object = None
-            request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(body or b""))
+            request = httpx.Request(method, url, headers=headers, stream=httpx.ByteStream(body) if body else _NO_BODY)
             request.read()  # a ByteStream: makes ``request.content`` available to every transport
             if options.timings:
                 # Each hop is timed afresh: the record shows the phases of the final response.
