@@ -72,16 +72,15 @@ async def test_a_saturated_host_does_not_idle_the_workers(
     slow, fast = fresh_server, other_fresh_server
     # More slow requests than workers: a design where a worker holding a request waits for its
     # host's slot would end with every worker waiting on the slow host.
-    urls = [slow.url(f"/sleep/500?n={i}") for i in range(12)] + [fast.url(f"/ok?n={i}") for i in range(40)]
+    # Few enough fast ones (5 rounds of 2) to end well within the slow host's 0.5 s on a loaded machine.
+    urls = [slow.url(f"/sleep/500?n={i}") for i in range(12)] + [fast.url(f"/ok?n={i}") for i in range(10)]
     timed = await timed_fetch(urls, concurrency=10, per_host=2)
-    assert len(timed) == 52
+    assert len(timed) == 22
     assert all(record.ok for _, record in timed)
     assert slow.stats.max_in_flight == 2  # the limit holds, and is used
     assert fast.stats.max_in_flight <= 2
-    first_slow_start = min(starts(slow))
-    # No slow answer can come before 0.5 s: every fast request started while the slow host
-    # was saturated, so the free workers went on with other hosts' work.
-    assert max(starts(fast)) < first_slow_start + 0.5
+    # Every fast request ended before any slow answer came: the free workers went on with other
+    # hosts' work while the slow host was saturated.
     slow_done = [at for at, record in timed if record.url.startswith(slow.base)]
     fast_done = [at for at, record in timed if record.url.startswith(fast.base)]
     assert max(fast_done) < min(slow_done)
