@@ -493,16 +493,19 @@ class _Connection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self) -> None:
-        """Until the parser has more to say (head, body bytes, the end, or an error)."""
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
+        if waiter is not None:
             self._waiter = None
+            if not waiter.done():  # not cancelled with its task
+                waiter.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        """To await until the parser has more to say (head, body bytes, the end, or an error).
+
+        A future, not a coroutine: it is awaited twice per response, and a coroutine would be
+        one more frame to make and to resume each time.
+        """
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
 
     def _readable(self) -> bool:
         """Whether bytes (or the server's close) wait unread in the socket."""
