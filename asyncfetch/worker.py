@@ -28,6 +28,7 @@ from asyncfetch.record import NOT_ASKED, Record, Redirect, Timings, iso_utc
 from asyncfetch.save import BodyFile, BodySaver, SaveError
 from asyncfetch.spec import RequestSpec
 from asyncfetch.transport import REMOTE, SSL_OBJECT, TIMER, PhaseTimer
+from asyncfetch.values import MutableValue, Value
 
 if TYPE_CHECKING:
     from asyncfetch.state import Stored
@@ -42,8 +43,8 @@ _NO_BODY = httpx.ByteStream(b"")
 _DRAIN_LIMIT = 64 * 1024
 
 
-@dataclass(slots=True)
-class _Progress:
+@dataclass(slots=True, eq=False, repr=False)
+class _Progress(MutableValue):
     """What one attempt has learnt so far: the record's fields if it fails midway."""
 
     url: httpx.URL
@@ -65,8 +66,8 @@ class _Progress:
     last_modified: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Outcome(Value):
     """One attempt's record, and what the response said about trying again."""
 
     record: Record

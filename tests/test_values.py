@@ -123,8 +123,6 @@ def test_a_recursive_repr_stops() -> None:
 
 # Dataclasses that still have methods generated (not converted: files owned elsewhere).
 _GENERATED_STILL = {
-    "asyncfetch.worker._Progress",
-    "asyncfetch.worker.Outcome",
     "asyncfetch.distributed.keys.QueueKeys",
     "asyncfetch.distributed.worker.WorkerTotals",
     "asyncfetch.distributed.worker._Outbox",
