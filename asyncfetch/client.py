@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -50,9 +50,12 @@ class Client(httpx.AsyncBaseTransport):
     def pool(self) -> ConnectionPool:
         return self._pool
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         if self._simple:
-            return await self._pool.handle_async_request(request)
+            return self._pool.handle_async_request(request)
+        return self._routed_request(request)
+
+    async def _routed_request(self, request: httpx.Request) -> httpx.Response:
         proxy = self._proxy_for(request.url)
         if proxy is None:
             return await self._pool.handle_async_request(request)
