@@ -4,8 +4,9 @@
 the running loop (a ``getpid`` system call on Python 3.11): about 6 % of the CPU of a run of
 small responses. The attempts of a run almost all have the same duration (``--timeout``), so
 their deadlines come due in the order the attempts start: one FIFO per duration, and one
-timer for its oldest entry, serve them all. An attempt that ends early only leaves the FIFO;
-the timer, when it fires, cancels what is overdue and is armed again for the oldest left.
+timer for its oldest entry, serve them all. An attempt that ends early only leaves the FIFO
+(the last one to leave takes the timer and the FIFO with it); the timer, when it fires,
+cancels what is overdue and is armed again for the oldest left.
 
 Within :meth:`Deadlines.limit`, expiry behaves as ``asyncio.timeout`` does (Python 3.11): the
 task is cancelled, and the ``CancelledError`` that results leaves the block as ``TimeoutError``;
@@ -34,8 +35,6 @@ class Deadlines:
         return Limit(queue, asyncio.current_task(self._loop))
 
     def _drop(self, queue: _Queue) -> None:
-        # An emptied queue goes once its timer fires: each request with a timeout of its own
-        # makes one, and a list of such requests must not keep them all.
         if self._queues.get(queue.seconds) is queue:
             del self._queues[queue.seconds]
 
@@ -60,13 +59,24 @@ class _Queue:
         return when
 
     def remove(self, limit: Limit) -> None:
-        # The timer stays armed: when it fires it finds the next due, or nothing and goes.
-        self.running.pop(limit, None)
+        running = self.running
+        running.pop(limit, None)
+        if not running:
+            # Nothing left to time: the queue goes now, its timer with it (a list where each
+            # request has a timeout of its own would otherwise keep a queue per request alive
+            # until its timer fired). With others still running the timer stays armed, and
+            # when it fires it finds the next due.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._owner._drop(self)
 
     def _expire(self) -> None:
         self._timer = None
         loop = self._owner._loop
-        now = loop.time()
+        # Due within a millisecond counts as due: uvloop's timers fire on whole milliseconds,
+        # up to half of one early, and re-arming for the rest would spin until the clock got there.
+        now = loop.time() + 0.001
         running = self.running
         while running:
             limit = next(iter(running))

@@ -209,7 +209,7 @@ class Decoder:
             self._layers: list[_Layer] = []
             self.undecoded: str | None = None
             return
-        codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+        codings = [c.strip().lower() for c in content_encoding.split(",")]
         codings = [c for c in codings if c and c != "identity"]
         known: list[str] = []
         while codings and codings[-1] in _ALIASES:

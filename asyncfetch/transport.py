@@ -35,7 +35,7 @@ import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import httptools
 import httpx
@@ -69,6 +69,10 @@ _EVICTION_SCAN = 64
 MAX_HEAD_BYTES = 256 * 1024
 MAX_HEADERS = 1000
 MAX_INTERIM_RESPONSES = 100
+
+
+# What a dial makes: an HTTP/1.1 connection, or (with --http2) whichever protocol ALPN chose.
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 class _ResponseRefused(Exception):
@@ -552,7 +556,7 @@ class _Connection(asyncio.Protocol):
             sock = self.transport.get_extra_info("socket")
             if sock is None:
                 return False
-            fd = self._fd = sock.fileno()  # asked again at each reuse
+            fd = self._fd = sock.fileno()  # kept: not get_extra_info and fileno at every reuse
         # A poll object per check, not one kept per connection: ~320 bytes each, thousands idle.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
@@ -716,18 +720,29 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         origin = origin_of(request.url)
         if self._h2 is not None and scheme == "https":
             return self._send_h2(request, origin)
-        return self.send_on(request, origin, self.checkout(origin))
+        return self.send_on(request, origin)
 
     async def _send_h2(self, request: httpx.Request, origin: Origin) -> httpx.Response:
         assert self._h2 is not None
         return await self._h2.handle_async_request(request, origin, await _body_of(request))
 
-    async def send_on(self, request: httpx.Request, origin: Origin, connection: _Connection | None) -> httpx.Response:
-        """Send ``request`` over HTTP/1.1 on ``connection`` (or a new one)."""
-        head = _serialize_head(request)
-        body = await _body_of(request)
+    async def send_on(
+        self, request: httpx.Request, origin: Origin, connection: _Connection | None = None
+    ) -> httpx.Response:
+        """Send ``request`` over HTTP/1.1 on ``connection``, else on an idle one to ``origin``, else a new one."""
+        try:
+            head = _serialize_head(request)
+            body = await _body_of(request)
+        except BaseException:
+            if connection is not None:
+                self.release(connection)  # handed in, nothing sent on it: back as it came
+            raise
         is_head = request.method == "HEAD"
         timer: PhaseTimer | None = request.extensions.get(TIMER)
+        if connection is None:
+            # Taken here, once this coroutine runs: taken when it was made, a coroutine never
+            # awaited would hold the connection out of the pool for good.
+            connection = self.checkout(origin)
         if connection is None:
             connection = await self._open(origin, timer)
         else:
@@ -861,10 +876,10 @@ class ConnectionPool(httpx.AsyncBaseTransport):
 
         # A plain function handing back _attempt's coroutine, not a coroutine awaiting it: one
         # frame fewer for each connection being opened (W4 opens 5,000 at once).
-        def attempt(family: int, address: str, started: float) -> Coroutine[Any, Any, asyncio.Protocol]:
+        def attempt(family: int, address: str, started: float) -> Coroutine[Any, Any, _Connection]:
             return self._attempt(origin, family, address, context, timer, started)
 
-        return cast(Coroutine[Any, Any, _Connection], self._dial(origin, timer, attempt))
+        return self._dial(origin, timer, attempt)
 
     async def _open_negotiated(self, origin: Origin, timer: PhaseTimer | None) -> asyncio.Protocol:
         """A TLS connection offering ``h2, http/1.1``: an H2Connection, or a _Connection if the server chose 1.1.
@@ -898,8 +913,8 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self,
         origin: Origin,
         timer: PhaseTimer | None,
-        attempt: Callable[[int, str, float], Coroutine[Any, Any, asyncio.Protocol]],
-    ) -> asyncio.Protocol:
+        attempt: Callable[[int, str, float], Coroutine[Any, Any, _P]],
+    ) -> _P:
         """Room made, the name resolved, then ``attempt(family, address, started)`` on its addresses."""
         # Room first: idle connections give way (see _evict) so that open connections stay
         # within max_connections (file descriptors!) whenever they can.
@@ -938,9 +953,9 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         self,
         origin: Origin,
         addresses: list[tuple[int, str]],
-        attempt: Callable[[int, str, float], Coroutine[Any, Any, asyncio.Protocol]],
+        attempt: Callable[[int, str, float], Coroutine[Any, Any, _P]],
         started: float,
-    ) -> asyncio.Protocol:
+    ) -> _P:
         """A connection to the first of two or more ``addresses`` that answers (happy eyeballs, RFC 8305).
 
         The next address gets its attempt when the one before fails, or has not connected
@@ -950,7 +965,7 @@ class ConnectionPool(httpx.AsyncBaseTransport):
         call); a TLS failure ends them all (the same certificate would fail again).
         """
         waiting = deque(_interleave(addresses))
-        running: set[asyncio.Task[asyncio.Protocol]] = set()
+        running: set[asyncio.Task[_P]] = set()
         last_error: OSError | None = None
         try:
             while waiting or running:

@@ -30,11 +30,34 @@ async def test_a_block_that_overruns_its_deadline_raises_timeout_error() -> None
 
 
 async def test_a_block_that_ends_in_time_is_never_cancelled_afterwards() -> None:
-    """Its entry leaves the queue: the timer, armed for it, finds nothing to cancel."""
+    """Its entry leaves the queue, and the last to leave takes the queue and its timer."""
     deadlines = Deadlines(asyncio.get_running_loop())
     assert await _limited(deadlines, SHORT, 0) == "done"
+    assert deadlines._queues == {}  # not kept until the deadline: one per request's own timeout
     await asyncio.sleep(SHORT * 4)  # past the deadline: a stray cancel would land here
-    assert deadlines._queues == {}  # the timer fired, found the queue empty, and dropped it
+
+
+async def test_many_durations_leave_nothing_behind() -> None:
+    """A list where each request has a timeout of its own keeps no queue per request."""
+    deadlines = Deadlines(asyncio.get_running_loop())
+    results = await asyncio.gather(*(_limited(deadlines, FOREVER + i, 0) for i in range(100)))
+    assert set(results) == {"done"}
+    assert deadlines._queues == {}
+
+
+async def test_a_later_block_still_times_out_after_the_first_ended_early() -> None:
+    """The timer armed for a block that ended early fires, finds the next one not yet due, and is
+    armed again for it."""
+    deadlines = Deadlines(asyncio.get_running_loop())
+
+    async def quick_then_stuck() -> list[str]:
+        first = await _limited(deadlines, 0.2, 0)  # arms the queue's timer, then leaves
+        await asyncio.sleep(0.1)
+        return [first, await _limited(deadlines, 0.2, FOREVER)]  # due 0.1 s after that timer
+
+    other = asyncio.create_task(_limited(deadlines, 0.2, 0.15))  # keeps the queue (and its timer)
+    assert await asyncio.wait_for(quick_then_stuck(), 30) == ["done", "timeout"]
+    assert await other == "done"
 
 
 async def test_only_the_overdue_blocks_of_a_queue_are_cancelled() -> None:
@@ -96,6 +119,9 @@ async def test_the_task_can_go_on_awaiting_after_a_timeout() -> None:
 
     async def twice() -> list[str]:
         first = await _limited(deadlines, SHORT, FOREVER)
+        task = asyncio.current_task()
+        assert task is not None
+        assert task.cancelling() == 0  # taken back, as a TaskGroup later in the task expects
         await asyncio.sleep(0.01)
         second = await _limited(deadlines, FOREVER, 0)
         return [first, second]

@@ -170,6 +170,22 @@ def test_the_fast_url_parse_agrees_with_httpx(url: str) -> None:
         )
 
 
+def _parsed(url: str) -> tuple[object, ...]:
+    try:
+        parsed = parse_url(url)
+    except ValueError as exc:
+        return ("refused", str(exc))
+    return ("parsed", parsed._uri_reference, str(parsed))
+
+
+@pytest.mark.parametrize("url", _EDGE_URLS + _url_alphabet_walk(400))
+def test_parse_url_says_the_same_with_and_without_its_fast_path(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks parse_url makes after httpx's parse (host, port) hold for the fast path too."""
+    fast = _parsed(url)
+    monkeypatch.setattr("asyncfetch.spec._simple_url", lambda text: None)
+    assert fast == _parsed(url)
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1:18300/ok", "https://www.example.com/a/b.html?q=1&r=2", "http://h.test:8080/%7Euser/"]
 )

@@ -208,3 +208,21 @@ def _block_until(condition: Callable[[], bool], timeout: float = 10) -> None:
         if time.monotonic() > give_up:
             raise TimeoutError("condition not met")
         time.sleep(0.01)
+
+
+async def test_a_request_that_cannot_be_written_leaves_its_kept_connection_in_the_pool(
+    fresh_server: TestServer,
+) -> None:
+    """A header that would split the message is refused before a byte is sent; the idle connection
+    the pool had given that request goes back, and the next request reuses it."""
+    async with httpx.AsyncClient(transport=ConnectionPool()) as client:
+        pool = client._transport
+        assert isinstance(pool, ConnectionPool)
+        first = await client.get(fresh_server.url("/ok"))
+        with pytest.raises(httpx.LocalProtocolError, match="line break"):
+            await client.get(fresh_server.url("/ok"), headers={"X-Split": "a\r\nInjected: 1"})
+        assert pool.open_connections == 1
+        second = await client.get(fresh_server.url("/ok"))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert pool.connections_reused == 1
+    assert fresh_server.stats.connections == 1
