@@ -183,14 +183,20 @@ async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> Non
     StateStore(state).close_unstarted()  # free again once closed
 
 
+async def _remembered(state: Path, rows: dict[str, Stored]) -> None:
+    """A state file that has ``rows`` (URL to what is stored for it), written by a store of its own."""
+    store = StateStore(state)
+    store.start()
+    for url, stored in rows.items():
+        store.remember(store.lookup(url), stored)
+    await store.aclose()
+
+
 async def test_the_store_answers_what_it_was_told(tmp_path: Path) -> None:
     """remember() then a new store's lookup() gives the same fields back; an unknown URL gives None."""
     state = tmp_path / "state.db"
-    store = StateStore(state)
-    store.start()
     stored = Stored('"x"', "Tue, 01 Dec 2026 00:00:00 GMT", "ab" * 32, 200, 1_700_000_000.5, "d/x.html")
-    store.remember(store.lookup("https://example.com/x"), stored)
-    await store.aclose()
+    await _remembered(state, {"https://example.com/x": stored})
     store = StateStore(state)
     store.start()
     try:
@@ -212,11 +218,8 @@ async def test_lookups_are_answered_a_chunk_at_a_time(tmp_path: Path) -> None:
     """Lookups wait for their chunk to fill (or an answer to be needed): 1,200 URLs, 3 SELECTs, right answers."""
     state = tmp_path / "state.db"
     urls = [f"https://example.com/{i}" for i in range(1_200)]
-    store = StateStore(state)
-    store.start()
-    for i, url in enumerate(urls[::2]):
-        store.remember(store.lookup(url), Stored(f'"{i}"', None, None, 200, 1_700_000_000.0))
-    await store.aclose()
+    every_other = {url: Stored(f'"{i}"', None, None, 200, 1_700_000_000.0) for i, url in enumerate(urls[::2])}
+    await _remembered(state, every_other)
     store = StateStore(state, chunk=500)
     selects = _statements(store, "SELECT")
     store.start()
@@ -249,11 +252,8 @@ async def test_writes_close_together_share_one_commit(tmp_path: Path) -> None:
 async def test_a_worker_cancelled_while_waiting_leaves_the_answer_to_the_others(tmp_path: Path) -> None:
     """Two lookups of one chunk are awaited; cancelling one waiter does not cancel the other's answer."""
     state = tmp_path / "state.db"
-    store = StateStore(state)
-    store.start()
     stored = Stored('"b"', None, None, 200, 1_700_000_000.0)
-    store.remember(store.lookup("https://example.com/b"), stored)
-    await store.aclose()
+    await _remembered(state, {"https://example.com/b": stored})
     store = StateStore(state)
     store.start()
     try:
